@@ -1,0 +1,119 @@
+"""Backbones returning C3, C4, C5 (strides 8, 16, 32), built from torchvision's constructors.
+
+Parameter names stay torchvision's under ``body.`` so that torchvision ImageNet state dicts load
+unchanged into ``body``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+BACKBONES = RESNETS + ("mobilenet_v2",)
+
+
+def _norm_layer(norm: str) -> Callable[..., nn.Module]:
+    if norm == "frozen_bn":
+        return FrozenBatchNorm2d
+    if norm in ("bn", "syncbn"):  # syncbn: BatchNorm2d converted by the trainer under DDP
+        return nn.BatchNorm2d
+    raise ValueError(f"model.backbone.norm: unknown norm {norm!r}; expected frozen_bn, bn or syncbn")
+
+
+class ResNetBackbone(nn.Module):
+    def __init__(self, name: str = "resnet50", norm: str = "frozen_bn", freeze_at: int = 2):
+        super().__init__()
+        body = getattr(torchvision.models, name)(weights=None, norm_layer=_norm_layer(norm))
+        del body.fc, body.avgpool
+        self.body = body
+        width = 512 if name in ("resnet18", "resnet34") else 2048
+        self.out_channels = (width // 4, width // 2, width)
+        # Detectron2 semantics: 1 freezes the stem, 2 also res2 (layer1), ... 5 everything.
+        stages = [nn.ModuleList([body.conv1, body.bn1]), body.layer1, body.layer2, body.layer3, body.layer4]
+        _freeze(stages[:freeze_at])
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """(N, 3, H, W) -> [C3 (N, c3, H/8, W/8), C4, C5]."""
+        b = self.body
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        c3 = b.layer2(b.layer1(x))
+        c4 = b.layer3(c3)
+        return [c3, c4, b.layer4(c4)]
+
+
+class MobileNetV2Backbone(nn.Module):
+    """C3/C4/C5 from ``features[6]``, ``[13]`` and ``[18]`` (32, 96, 1280 channels)."""
+
+    _STAGES = (range(0, 1), range(1, 4), range(4, 7), range(7, 14), range(14, 19))
+
+    def __init__(self, norm: str = "frozen_bn", freeze_at: int = 2):
+        super().__init__()
+        body = torchvision.models.mobilenet_v2(weights=None, norm_layer=_norm_layer(norm))
+        del body.classifier
+        self.body = body
+        self.out_channels = (32, 96, 1280)
+        _freeze([body.features[i] for stage in self._STAGES[:freeze_at] for i in stage])
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        f = self.body.features
+        c3 = f[:7](x)
+        c4 = f[7:14](c3)
+        return [c3, c4, f[14:](c4)]
+
+
+def _freeze(modules: list[nn.Module]) -> None:
+    for m in modules:
+        for p in m.parameters():
+            p.requires_grad_(False)
+
+
+def build_backbone(name: str, norm: str = "frozen_bn", freeze_at: int = 2, weights: str = "") -> nn.Module:
+    if name in RESNETS:
+        backbone = ResNetBackbone(name, norm, freeze_at)
+    elif name == "mobilenet_v2":
+        backbone = MobileNetV2Backbone(norm, freeze_at)
+    else:
+        raise ValueError(f"model.backbone.name: unknown backbone {name!r}; expected one of {', '.join(BACKBONES)}")
+    if weights:
+        load_backbone_weights(backbone.body, weights)
+    return backbone
+
+
+def load_backbone_weights(body: nn.Module, weights: str) -> None:
+    """Loads a torchvision-format ImageNet state dict from a file, or by torchvision weights name."""
+    path = Path(weights).expanduser()
+    if path.exists():
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - report any unreadable file the same way
+            raise ValueError(f"model.backbone.weights: cannot load {path}: {e}") from None
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+    elif "/" in weights or weights.endswith((".pth", ".pt")):
+        raise FileNotFoundError(f"model.backbone.weights: file not found: {weights}")
+    else:
+        state = _download_torchvision_weights(weights)
+    missing, unexpected = body.load_state_dict(state, strict=False)
+    # The classifier of an ImageNet checkpoint is not part of a detection backbone.
+    unexpected = [k for k in unexpected if not k.startswith(("fc.", "classifier."))]
+    if missing or unexpected:
+        raise ValueError(f"model.backbone.weights: {weights} does not fit this backbone; "
+                         f"missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")
+
+
+def _download_torchvision_weights(name: str) -> dict:
+    try:
+        enum = torchvision.models.get_weight(name)
+    except (ValueError, KeyError, AttributeError):
+        raise ValueError(f"model.backbone.weights: {name!r} is neither a file nor a torchvision weights name "
+                         f"such as 'ResNet50_Weights.IMAGENET1K_V1'") from None
+    try:
+        return enum.get_state_dict(progress=False)
+    except Exception as e:  # noqa: BLE001 - network errors come in many types
+        raise RuntimeError(f"model.backbone.weights: cannot download {name} ({type(e).__name__}: {e}). "
+                           f"Offline? Download {enum.url} elsewhere and pass the local file path instead.") from None

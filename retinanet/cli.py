@@ -1,0 +1,50 @@
+"""The ``retinanet`` command: train, eval, infer, export, analyze-loss."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional
+
+# subcommand -> module with add_arguments(parser) and run(args) -> int; imported only when used.
+COMMANDS = {
+    "train": ("retinanet.commands.train", "train a detector from a YAML config"),
+    "eval": ("retinanet.commands.evaluate", "COCO AP of a checkpoint, or of a results file"),
+    "infer": ("retinanet.commands.infer", "detect objects in images; draw boxes and write JSON"),
+    "export": ("retinanet.commands.export", "export to ONNX or TorchScript"),
+    "analyze-loss": ("retinanet.commands.analyze_loss", "the paper's loss-distribution analysis"),
+}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="retinanet", description=__doc__)
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    name = next((a for a in argv if not a.startswith("-")), None)
+    for cmd, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(cmd, help=help_text, description=help_text)
+        if cmd == name:
+            importlib.import_module(module).add_arguments(p)
+    args = parser.parse_args(argv)
+    if args.version:
+        from retinanet import __version__
+        print(f"retinanet {__version__}")
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 2
+    from retinanet.config import ConfigError
+    from retinanet.checkpoint import CheckpointError
+    try:
+        return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"retinanet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"retinanet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Training loss: match anchors per image, then class and box losses vectorised over the batch."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .box_coder import BoxCoder
+from .losses import CLASS_LOSSES, box_regression_loss, classification_loss
+from .matcher import IGNORE, Matcher
+
+NORMALIZERS = ("batch", "ema", "image")
+
+
+class RetinaNetLoss(nn.Module):
+    """Focal (or other) class loss over non-ignored anchors + box loss over foreground anchors.
+
+    ``normalize``:
+      * ``batch``: both losses summed over the batch and divided by max(1, #foreground anchors in
+        the batch); under DDP the count is all-reduced so every rank uses the global mean.
+      * ``ema``: Detectron2's running mean of that count (momentum ``ema_momentum``, starts at 100).
+      * ``image``: torchvision's per-image normalisation, then the mean over images.
+    Targets are dicts with ``boxes`` (G, 4) xyxy in padded-image pixels, ``labels`` (G,) in [0, K),
+    and optionally ``crowd_boxes`` (C, 4), which become ignore regions.
+    """
+
+    def __init__(self, num_classes: int, matcher: Matcher, box_coder: BoxCoder, cls_loss: str = "focal",
+                 alpha: float = 0.25, gamma: float = 2.0, beta: float = 1.0, box_loss: str = "smooth_l1",
+                 smooth_l1_beta: float = 0.1, box_weight: float = 1.0, normalize: str = "batch",
+                 ema_momentum: float = 0.9):
+        super().__init__()
+        if cls_loss not in CLASS_LOSSES:
+            raise ValueError(f"model.loss.cls_loss: unknown {cls_loss!r}; expected one of {', '.join(CLASS_LOSSES)}")
+        if box_loss not in ("smooth_l1", "l1", "giou"):
+            raise ValueError(f"model.loss.box_loss: unknown {box_loss!r}; expected smooth_l1, l1 or giou")
+        if normalize not in NORMALIZERS:
+            raise ValueError(f"model.loss.normalize: unknown {normalize!r}; expected one of {', '.join(NORMALIZERS)}")
+        self.num_classes, self.matcher, self.box_coder = num_classes, matcher, box_coder
+        self.cls_loss, self.alpha, self.gamma, self.beta = cls_loss, alpha, gamma, beta
+        self.box_loss, self.smooth_l1_beta, self.box_weight = box_loss, smooth_l1_beta, box_weight
+        self.normalize, self.ema_momentum = normalize, ema_momentum
+        self.register_buffer("ema_normalizer", torch.tensor(100.0))
+
+    @torch.no_grad()
+    def match(self, anchors: Tensor, targets: list[dict]) -> Tensor:
+        """(N, R) matched gt index per anchor, or BACKGROUND / IGNORE. The only per-image loop."""
+        return torch.stack([self.matcher(t["boxes"], anchors, t.get("crowd_boxes")) for t in targets])
+
+    def forward(self, outputs, targets: list[dict], gamma: Optional[float] = None) -> dict[str, Tensor]:
+        """``outputs``: DenseOutputs. Returns {"loss_cls", "loss_box", "num_fg"}; fp32 throughout."""
+        gamma = self.gamma if gamma is None else gamma
+        logits, deltas, anchors = outputs.cls_logits.float(), outputs.box_deltas.float(), outputs.anchors
+        n, r, k = logits.shape
+        matched = self.match(anchors, targets)
+        fg = matched >= 0
+        valid = matched != IGNORE
+
+        # Pad the ragged ground truth once, then gather per anchor for the whole batch.
+        g = max(1, max(len(t["labels"]) for t in targets))
+        gt_boxes = logits.new_zeros(n, g, 4)
+        gt_labels = torch.full((n, g), k, dtype=torch.int64, device=logits.device)
+        for i, t in enumerate(targets):
+            gt_boxes[i, : len(t["labels"])] = t["boxes"].float()
+            gt_labels[i, : len(t["labels"])] = t["labels"]
+        idx = matched.clamp(min=0)
+        anchor_labels = torch.where(fg, gt_labels.gather(1, idx), k)  # k = background
+        target = F.one_hot(anchor_labels, k + 1)[..., :k].to(logits.dtype)
+
+        cls = classification_loss(self.cls_loss, logits, target, self.alpha, gamma, self.beta)
+        cls_per_image = (cls.sum(-1) * valid).sum(-1)  # (N,)
+
+        img_idx, anchor_idx = fg.nonzero(as_tuple=True)
+        box_rows = self._box_loss(deltas[img_idx, anchor_idx], anchors[anchor_idx],
+                                  gt_boxes[img_idx, idx[img_idx, anchor_idx]])
+        box_per_image = logits.new_zeros(n).index_add_(0, img_idx, box_rows)
+
+        num_fg_per_image = fg.sum(1).float()
+        if self.normalize == "image":
+            denom = num_fg_per_image.clamp(min=1)
+            loss_cls, loss_box = (cls_per_image / denom).mean(), (box_per_image / denom).mean()
+        else:
+            denom = self._normalizer(num_fg_per_image.sum())
+            loss_cls, loss_box = cls_per_image.sum() / denom, box_per_image.sum() / denom
+        return {"loss_cls": loss_cls, "loss_box": self.box_weight * loss_box, "num_fg": num_fg_per_image.sum()}
+
+    def _box_loss(self, pred: Tensor, anchors: Tensor, gt: Tensor) -> Tensor:
+        """Per-row box loss (M,) for M foreground anchors."""
+        if self.box_loss == "giou":
+            return box_regression_loss("giou", pred, pred, self.box_coder.decode(pred, anchors), gt, reduction="none")
+        target = self.box_coder.encode(anchors, gt)
+        return box_regression_loss(self.box_loss, pred, target, beta=self.smooth_l1_beta, reduction="none").sum(-1)
+
+    def _normalizer(self, num_fg: Tensor) -> Tensor:
+        if dist.is_available() and dist.is_initialized():
+            num_fg = num_fg.clone()
+            dist.all_reduce(num_fg)
+            num_fg = num_fg / dist.get_world_size()
+        num_fg = num_fg.clamp(min=1)
+        if self.normalize == "ema":
+            if self.training:
+                self.ema_normalizer.mul_(self.ema_momentum).add_((1 - self.ema_momentum) * num_fg.detach())
+            return self.ema_normalizer.clamp(min=1)
+        return num_fg

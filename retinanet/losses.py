@@ -1,0 +1,131 @@
+"""The focal-loss family (Lin et al. 2017) and box-regression losses.
+
+Every classification loss works on any shape, takes ``reduction`` in {"none", "sum", "mean"}, and
+is written with log-sigmoid / log-softmax so that there is no log(0) and no epsilon clamp biasing
+the gradient. They are useful for any imbalanced classification, not only detection.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import generalized_box_iou_loss
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.mean()
+    raise ValueError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0,
+                       reduction: str = "none") -> Tensor:
+    """FL(p_t) = -alpha_t (1 - p_t)^gamma log(p_t), elementwise over any shape.
+
+    ``targets`` holds 0/1 (or soft) labels of the same shape as ``logits``; ``alpha < 0`` disables
+    the alpha weighting. Equals ``torchvision.ops.sigmoid_focal_loss``.
+    """
+    targets = targets.to(logits.dtype)
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")  # = -log(p_t), stable
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma if gamma != 0 else ce
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return _reduce(loss, reduction)
+
+
+def alpha_balanced_bce(logits: Tensor, targets: Tensor, alpha: float = 0.25, reduction: str = "none") -> Tensor:
+    """-alpha_t log(p_t): the focal loss at gamma = 0 (the paper's alpha-balanced CE baseline)."""
+    return sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=0.0, reduction=reduction)
+
+
+def focal_loss_star(logits: Tensor, targets: Tensor, gamma: float = 2.0, beta: float = 1.0,
+                    alpha: float = -1.0, reduction: str = "none") -> Tensor:
+    """FL* (paper, appendix A): -log(sigmoid(gamma * x_t + beta)) / gamma.
+
+    x_t = x for positives and -x for negatives. Finite for any logit: -log(sigmoid(z)) is
+    computed as softplus(-z). ``alpha >= 0`` adds alpha_t weighting (off by default, as in the paper).
+    """
+    if gamma <= 0:
+        raise ValueError(f"focal_loss_star needs gamma > 0, got {gamma}")
+    targets = targets.to(logits.dtype)
+    x_t = logits * (2 * targets - 1)
+    loss = F.softplus(-(gamma * x_t + beta)) / gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return _reduce(loss, reduction)
+
+
+def softmax_focal_loss(logits: Tensor, target_index: Tensor, gamma: float = 2.0,
+                       alpha: Optional[Union[float, Sequence[float], Tensor]] = None,
+                       ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    """Multi-class focal loss -alpha_c (1 - p_c)^gamma log(p_c) over a softmax.
+
+    ``logits`` (N, C) or (N, C, d1, ...), ``target_index`` (N,) or (N, d1, ...) of class indices.
+    ``alpha``: None, one float for every class, or a per-class sequence (C,). Targets equal to
+    ``ignore_index`` contribute nothing. ``mean`` divides by the summed alpha of the counted targets,
+    so that at gamma = 0 this is exactly ``F.cross_entropy(logits, t, weight=alpha)``.
+    """
+    num_classes = logits.shape[1]
+    valid = target_index != ignore_index
+    safe_target = torch.where(valid, target_index, torch.zeros_like(target_index))
+    log_p = F.log_softmax(logits, dim=1).gather(1, safe_target.unsqueeze(1)).squeeze(1)
+    loss = -log_p
+    if gamma != 0:
+        loss = loss * (-torch.expm1(log_p)) ** gamma  # 1 - p_c, exact for p_c near 1
+    if alpha is None:
+        weight = torch.ones_like(loss)
+    else:
+        a = torch.as_tensor(alpha, dtype=logits.dtype, device=logits.device)
+        if a.dim() == 0:
+            a = a.expand(num_classes)
+        if a.shape != (num_classes,):
+            raise ValueError(f"softmax_focal_loss: alpha has {a.numel()} values for {num_classes} classes")
+        weight = a[safe_target]
+    weight = weight * valid.to(logits.dtype)
+    loss = loss * weight
+    if reduction == "mean":
+        return loss.sum() / weight.sum()
+    return _reduce(loss, reduction)
+
+
+def box_regression_loss(kind: str, pred_deltas: Tensor, target_deltas: Tensor,
+                        pred_boxes: Optional[Tensor] = None, target_boxes: Optional[Tensor] = None,
+                        beta: float = 0.1, reduction: str = "sum") -> Tensor:
+    """Box loss over (M, 4) rows: smooth_l1 (beta 0 = L1) or l1 on deltas, or giou on decoded boxes.
+
+    With ``reduction="none"``: (M, 4) for smooth_l1/l1, (M,) for giou.
+    """
+    if kind == "smooth_l1" and beta >= 1e-5:
+        loss = F.smooth_l1_loss(pred_deltas, target_deltas, beta=beta, reduction="none")
+    elif kind in ("smooth_l1", "l1"):
+        loss = F.l1_loss(pred_deltas, target_deltas, reduction="none")
+    elif kind == "giou":
+        loss = generalized_box_iou_loss(pred_boxes, target_boxes, reduction="none", eps=1e-7)
+    else:
+        raise ValueError(f"unknown box loss {kind!r}: expected smooth_l1, l1 or giou")
+    return _reduce(loss, reduction)
+
+
+CLASS_LOSSES = ("focal", "focal_star", "bce", "alpha_bce")
+
+
+def classification_loss(kind: str, logits: Tensor, targets: Tensor, alpha: float, gamma: float,
+                        beta: float) -> Tensor:
+    """Elementwise detector class loss selected by name (config ``model.loss.cls_loss``)."""
+    if kind == "focal":
+        return sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma)
+    if kind == "focal_star":
+        return focal_loss_star(logits, targets, gamma=gamma, beta=beta)
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
+    if kind == "alpha_bce":
+        return alpha_balanced_bce(logits, targets, alpha=alpha)
+    raise ValueError(f"unknown class loss {kind!r}: expected one of {', '.join(CLASS_LOSSES)}")

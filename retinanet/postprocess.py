@@ -1,0 +1,64 @@
+"""Dense outputs -> per-image detections: per-level top-k, decode, clip, class-aware NMS."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+from .box_coder import BoxCoder
+
+
+class PostProcessor:
+    """Per level: keep (anchor, class) pairs scoring above ``score_thresh``, at most
+    ``topk_candidates`` of them; decode and clip to the (unpadded) image; class-aware NMS over all
+    levels; keep ``detections_per_img``. Top-k and decoding are batched over images; only NMS, whose
+    input is ragged, loops per image. Runs in fp32.
+    """
+
+    def __init__(self, box_coder: BoxCoder, score_thresh: float = 0.05, topk_candidates: int = 1000,
+                 nms_thresh: float = 0.5, detections_per_img: int = 100):
+        self.box_coder = box_coder
+        self.score_thresh, self.topk_candidates = score_thresh, topk_candidates
+        self.nms_thresh, self.detections_per_img = nms_thresh, detections_per_img
+
+    def candidates(self, outputs, image_sizes: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Pre-NMS candidates: boxes (N, M, 4), scores (N, M), labels (N, M), keep mask (N, M)."""
+        logits = outputs.cls_logits.float()
+        deltas = outputs.box_deltas.float()
+        n, _, k = logits.shape
+        boxes, scores, labels = [], [], []
+        start = 0
+        for size in outputs.level_sizes:
+            s = torch.sigmoid(logits[:, start:start + size].reshape(n, -1))
+            top_scores, top_idx = s.topk(min(self.topk_candidates, s.shape[1]), dim=1)
+            anchor_idx = torch.div(top_idx, k, rounding_mode="floor")
+            d = deltas[:, start:start + size].gather(1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4))
+            boxes.append(self.box_coder.decode(d, outputs.anchors[start:start + size][anchor_idx]))
+            scores.append(top_scores)
+            labels.append(top_idx % k)
+            start += size
+        boxes, scores, labels = torch.cat(boxes, 1), torch.cat(scores, 1), torch.cat(labels, 1)
+        sizes = torch.as_tensor(image_sizes, dtype=boxes.dtype, device=boxes.device)  # (N, 2) as (H, W)
+        upper = sizes.flip(1).repeat(1, 2).unsqueeze(1)  # (N, 1, 4): W, H, W, H
+        boxes = torch.minimum(boxes.clamp(min=0), upper)
+        return boxes, scores, labels, scores > self.score_thresh
+
+    def __call__(self, outputs, image_sizes: Sequence[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """Detections per image: boxes (D, 4) xyxy in the resized image, scores (D,), labels (D,)."""
+        boxes, scores, labels, keep = self.candidates(outputs, image_sizes)
+        results = []
+        for i in range(boxes.shape[0]):
+            b, s, l = boxes[i][keep[i]], scores[i][keep[i]], labels[i][keep[i]]
+            kept = batched_nms(b, s, l, self.nms_thresh)[: self.detections_per_img]
+            results.append({"boxes": b[kept], "scores": s[kept], "labels": l[kept]})
+        return results
+
+
+def rescale_boxes(boxes: Tensor, resized_size: tuple[int, int], original_size: tuple[int, int]) -> Tensor:
+    """Maps (D, 4) xyxy boxes from the resized image (H', W') back to the original (H, W)."""
+    ratio_h = torch.tensor(original_size[0], dtype=torch.float32) / torch.tensor(resized_size[0], dtype=torch.float32)
+    ratio_w = torch.tensor(original_size[1], dtype=torch.float32) / torch.tensor(resized_size[1], dtype=torch.float32)
+    scale = torch.stack([ratio_w, ratio_h, ratio_w, ratio_h]).to(boxes.device)
+    return boxes * scale

@@ -1,0 +1,33 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+# Keep in step with the Dockerfile and README (tests/test_packaging.py checks that they agree).
+INSTALL_REQUIRES = [
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "pycocotools>=2.0.7",
+    "albumentations>=1.4",
+    "pyyaml>=6.0",
+    "tensorboard>=2.14",
+    "tqdm>=4.60",
+    "matplotlib>=3.7",
+]
+EXTRAS = {
+    "test": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17", "faster-coco-eval>=1.5"],
+    "fast-eval": ["faster-coco-eval>=1.5"],
+    "export": ["onnx>=1.15", "onnxruntime>=1.17"],
+}
+
+setup(
+    name="retinanet",
+    version="0.1.0",
+    description="RetinaNet (focal loss for dense object detection) in PyTorch: train, evaluate, infer, export",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["retinanet", "retinanet.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["retinanet=retinanet.cli:main"]},
+)
