@@ -126,6 +126,7 @@ class DataConfig:
     val: DatasetConfig = field(default_factory=DatasetConfig)
     filter_empty: bool = False  # drop training images without annotations
     skip_bad_images: bool = True  # False: a corrupt or missing image is an error
+    demo: bool = False  # generate the built-in synthetic dataset at these paths when it is missing
 
 
 @dataclass(frozen=True)
