@@ -1,0 +1,213 @@
+"""COCO box AP with pycocotools or faster-coco-eval, behind a reset / process / evaluate protocol.
+
+Metrics are in percent, as in Detectron2's tables. Categories or area ranges without ground truth
+give NaN (pycocotools reports -1 there), which ``save_metrics`` writes as JSON ``null``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pycocotools.coco import COCO
+
+BACKENDS = ("pycocotools", "faster_coco_eval")
+# Order of COCOeval.stats for bbox.
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
+
+
+def load_coco(annotations: Union[str, Path, dict, COCO]) -> COCO:
+    """A pycocotools COCO from a JSON path, a dataset dict or a COCO (returned as is); quietly."""
+    if isinstance(annotations, COCO):
+        return annotations
+    if isinstance(annotations, (str, Path)):
+        path = Path(annotations)
+        if not path.is_file():
+            raise FileNotFoundError(f"annotations file not found: {path}")
+        try:
+            annotations = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(annotations, dict) or "images" not in annotations:
+        raise ValueError("COCO annotations must be a mapping with 'images', 'annotations' and 'categories'")
+    coco = COCO()
+    coco.dataset = annotations
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def to_coco_results(image_id: int, detection: dict) -> list[dict]:
+    """One image's detections (``boxes`` (D, 4) xyxy, ``scores`` (D,), ``labels`` (D,) dataset
+    category ids) -> COCO results entries with xywh boxes."""
+    boxes = torch.as_tensor(detection["boxes"], dtype=torch.float64).reshape(-1, 4)
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    scores = torch.as_tensor(detection["scores"]).tolist()
+    labels = torch.as_tensor(detection["labels"]).tolist()
+    return [{"image_id": int(image_id), "category_id": int(c), "bbox": [round(v, 3) for v in b], "score": round(s, 5)}
+            for b, s, c in zip(xywh, scores, labels)]
+
+
+def _eval_class(backend: str):
+    if backend == "pycocotools":
+        from pycocotools.cocoeval import COCOeval
+        return COCOeval, lambda gt: gt
+    if backend == "faster_coco_eval":
+        try:
+            import faster_coco_eval
+        except ImportError:
+            raise ValueError("evaluation.backend=faster_coco_eval needs `pip install faster-coco-eval`") from None
+        # Its COCOeval wants its own COCO class; it reads the same dataset dict.
+        return faster_coco_eval.COCOeval_faster, lambda gt: faster_coco_eval.COCO(gt.dataset)
+    raise ValueError(f"evaluation.backend: unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+
+
+def _percent(x: float) -> float:
+    return float(x) * 100 if x >= 0 else float("nan")
+
+
+def compute_metrics(gt: COCO, results: list[dict], backend: str = "pycocotools",
+                    image_ids: Union[list[int], None] = None) -> dict[str, Any]:
+    """COCO bbox metrics of ``results`` (COCO results entries) against ``gt``, restricted to
+    ``image_ids`` when given (the images that were actually run)."""
+    eval_cls, convert_gt = _eval_class(backend)
+    names = {c["id"]: c["name"] for c in gt.dataset.get("categories", [])}
+    cat_ids = sorted(names)
+    known = set(gt.getImgIds())
+    unknown = sorted({r["image_id"] for r in results} - known)
+    if unknown:
+        raise ValueError(f"results hold image ids that are not in the annotations: {unknown[:10]}")
+    if not results:  # COCOeval cannot load an empty result set; nothing detected is AP 0.
+        per_cat = {names[c]: (0.0 if gt.getAnnIds(catIds=[c]) else float("nan")) for c in cat_ids}
+        return {**{k: 0.0 for k in METRIC_NAMES}, "per_category": per_cat}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt_b = convert_gt(gt)
+        dt = gt_b.loadRes(copy.deepcopy(results))  # loadRes adds fields in place
+        kwargs = {"print_function": lambda *a, **k: None} if backend == "faster_coco_eval" else {}
+        ev = eval_cls(gt_b, dt, "bbox", **kwargs)
+        if image_ids is not None:
+            ev.params.imgIds = sorted(set(int(i) for i in image_ids))
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    metrics: dict[str, Any] = {k: _percent(v) for k, v in zip(METRIC_NAMES, ev.stats[: len(METRIC_NAMES)])}
+    # precision: (iou thresholds, recall points, categories, area ranges, max dets); area "all", 100 dets.
+    precision = np.asarray(ev.eval["precision"])
+    per_cat = {}
+    for k, cat_id in enumerate(ev.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        p = p[p > -1]
+        per_cat[names[cat_id]] = float(np.mean(p)) * 100 if p.size else float("nan")
+    metrics["per_category"] = per_cat
+    return metrics
+
+
+class COCOEvaluator:
+    """Collects detections image by image (on every DDP rank) and scores them on rank 0.
+
+    ``process(image_ids, detections)`` takes ``Detector.predict`` outputs: ``boxes`` (D, 4) xyxy in
+    original pixels, ``scores`` (D,), ``labels`` (D,) dataset category ids.
+    """
+
+    def __init__(self, annotations: Union[str, Path, dict, COCO], backend: str = "pycocotools"):
+        _eval_class(backend)  # fail now, not after an hour of inference
+        self.coco, self.backend = load_coco(annotations), backend
+        self.reset()
+
+    def reset(self) -> None:
+        self._image_ids: list[int] = []
+        self._results: list[dict] = []
+
+    def process(self, image_ids: list[int], detections: list[dict]) -> None:
+        if len(image_ids) != len(detections):
+            raise ValueError(f"process: {len(image_ids)} image ids but {len(detections)} detections")
+        for image_id, det in zip(image_ids, detections):
+            self._image_ids.append(int(image_id))
+            self._results.extend(to_coco_results(image_id, det))
+
+    @property
+    def results(self) -> list[dict]:
+        """COCO results entries of this rank."""
+        return self._results
+
+    def gather(self) -> tuple[list[int], list[dict]]:
+        """All ranks' image ids and results (on every rank); an image run twice (a padded
+        distributed sampler) counts once."""
+        parts = [(self._image_ids, self._results)]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, (self._image_ids, self._results))
+        image_ids: list[int] = []
+        results: list[dict] = []
+        seen: set[int] = set()
+        for ids, res in parts:
+            new = set(ids) - seen
+            image_ids.extend(i for i in ids if i in new)
+            results.extend(r for r in res if r["image_id"] in new)
+            seen |= new
+        return image_ids, results
+
+    def evaluate(self) -> dict[str, Any]:
+        """Metrics in percent plus ``per_category`` {name: AP%} on rank 0; ``{}`` on other ranks."""
+        image_ids, results = self.gather()
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return {}
+        return compute_metrics(self.coco, results, self.backend, image_ids or None)
+
+
+def evaluate_results_file(results_json: Union[str, Path], annotations_json: Union[str, Path, COCO],
+                          backend: str = "pycocotools") -> dict[str, Any]:
+    """Scores a COCO results file (a JSON list of {image_id, category_id, bbox xywh, score})."""
+    path = Path(results_json)
+    if not path.is_file():
+        raise FileNotFoundError(f"results file not found: {path}")
+    try:
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(results, list):
+        raise ValueError(f"{path}: expected a JSON list of COCO results, got {type(results).__name__}")
+    for i, r in enumerate(results):
+        if not (isinstance(r, dict) and {"image_id", "category_id", "bbox", "score"} <= set(r)
+                and isinstance(r["bbox"], list) and len(r["bbox"]) == 4):
+            raise ValueError(f"{path}: entry {i} is not a COCO box result "
+                             f"(needs image_id, category_id, bbox [x, y, w, h], score): {r!r}"[:300])
+    return compute_metrics(load_coco(annotations_json), results, backend)
+
+
+def format_metrics_table(metrics: dict[str, Any], columns: int = 3) -> str:
+    """The summary metrics as one table, then per-category AP in ``columns`` (name, AP) pairs."""
+    def fmt(v: float) -> str:
+        return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+    keys = [k for k in METRIC_NAMES if k in metrics]
+    widths = [max(len(k), len(fmt(metrics[k]))) for k in keys]
+    lines = [" | ".join(k.rjust(w) for k, w in zip(keys, widths)),
+             "-+-".join("-" * w for w in widths),
+             " | ".join(fmt(metrics[k]).rjust(w) for k, w in zip(keys, widths))]
+    per_cat = list(metrics.get("per_category", {}).items())
+    if per_cat:
+        name_w = max(8, *(len(n) for n, _ in per_cat))
+        cells = [f"{n:<{name_w}} | {fmt(v):>6}" for n, v in per_cat]
+        head = f"{'category':<{name_w}} | {'AP':>6}"
+        cols = min(columns, len(cells))
+        lines += ["", "Per-category AP:", " || ".join([head] * cols), "-++-".join(["-" * len(head)] * cols)]
+        lines += [" || ".join(cells[i:i + cols]) for i in range(0, len(cells), cols)]
+    return "\n".join(lines)
+
+
+def save_metrics(metrics: dict[str, Any], path: Union[str, Path]) -> None:
+    """Writes metrics as strict JSON (NaN -> null)."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return None if isinstance(v, float) and math.isnan(v) else v
+
+    Path(path).write_text(json.dumps(clean(metrics), indent=2) + "\n")

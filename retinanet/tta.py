@@ -1,0 +1,64 @@
+"""Test-time augmentation: horizontal flip and several test scales, merged before NMS.
+
+Every view contributes its pre-NMS candidates (``PostProcessor.candidates``: per level, score above
+the threshold, top-k); their boxes are mapped back to the original image (and un-flipped), pooled,
+and one class-aware NMS keeps ``detections_per_img``. Merging before NMS lets the views vote on
+each object instead of stacking near-duplicates.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+from .postprocess import rescale_boxes
+from .preprocess import ImageInput, preprocess, to_float_tensor
+
+
+def tta_views(cfg) -> list[tuple[int, int, bool]]:
+    """(min_size, max_size, flip) of every view. Extra scales keep the config's aspect cap:
+    max_size grows with min_size so a larger short side is not clipped back by the long side."""
+    inp, ev = cfg.input, cfg.evaluation
+    sizes = list(ev.tta_min_sizes) or [inp.min_size_test]
+    views = []
+    for s in sizes:
+        max_size = max(inp.max_size_test, math.ceil(s * inp.max_size_test / inp.min_size_test))
+        views += [(s, max_size, False)] + ([(s, max_size, True)] if ev.tta_flip else [])
+    return views
+
+
+def hflip_boxes(boxes: Tensor, width: float) -> Tensor:
+    """Mirrors (D, 4) xyxy boxes in an image of the given width."""
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+
+
+@torch.no_grad()
+def predict_tta(detector, images: Sequence[ImageInput], batch_size: int = 4,
+                views: Optional[list[tuple[int, int, bool]]] = None) -> list[dict]:
+    """Like ``Detector.predict`` on a list: per image ``boxes`` (D, 4) xyxy in original pixels,
+    ``scores`` (D,), ``labels`` (D,) dataset category ids, ``names``; sorted by decreasing score."""
+    views = views if views is not None else tta_views(detector.cfg)
+    post, inp = detector.postprocess, detector.cfg.input
+    results = []
+    for start in range(0, len(images), batch_size):
+        batch = [to_float_tensor(x).to(detector.device) for x in images[start:start + batch_size]]
+        pooled: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in batch]
+        for min_size, max_size, flip in views:
+            view = [im.flip(-1) for im in batch] if flip else batch
+            x, sizes = preprocess(view, min_size, max_size, inp.pixel_mean, inp.pixel_std, inp.size_divisible)
+            boxes, scores, labels, keep = post.candidates(detector.model(x), sizes)
+            for i, im in enumerate(batch):
+                original = tuple(im.shape[-2:])
+                b = rescale_boxes(boxes[i][keep[i]], sizes[i], original)
+                pooled[i].append((hflip_boxes(b, original[1]) if flip else b, scores[i][keep[i]], labels[i][keep[i]]))
+        for parts in pooled:
+            b, s, l = (torch.cat(t) for t in zip(*parts))
+            kept = batched_nms(b, s, l, post.nms_thresh)[: post.detections_per_img]
+            labels = l[kept].cpu()
+            results.append({"boxes": b[kept].cpu(), "scores": s[kept].cpu(),
+                            "labels": detector._label_to_id[labels],
+                            "names": [detector.categories[j]["name"] for j in labels.tolist()]})
+    return results

@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny config factory, seeding, and the location of the optional shared data."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from retinanet.config import Config, load_config
+
+# The folder beside the repo (real photos, backbone weights); tests needing it skip when absent.
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+REPO = Path(__file__).resolve().parents[1]
+TV_CONFIGS = REPO / "configs" / "torchvision"
+
+# resnet18, 32-channel FPN/head (GN needs channels divisible by 32), 3 classes, 128-px test images.
+TINY = [
+    "model.num_classes=3", "model.category_ids=[1,5,9]", "model.class_names=[cat,dog,bird]",
+    "model.backbone.name=resnet18", "model.fpn.channels=32",
+    "input.min_size_test=128", "input.max_size_test=160", "input.min_size_train=128", "input.max_size_train=160",
+]
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_cfg() -> Callable[..., Config]:
+    """``tiny_cfg("model.head.norm=gn", ...)``: the tiny config with extra ``key=value`` overrides."""
+    def make(*overrides: str) -> Config:
+        return load_config(None, TINY + list(overrides))
+    return make
+
+
+def shared_images(dataset: str, n: int) -> list[Path]:
+    """Up to ``n`` photos of /work/shared/data/<dataset>/images with distinct sizes, or []."""
+    from PIL import Image
+    folder = SHARED / "data" / dataset / "images"
+    if not folder.is_dir():
+        return []
+    picked, sizes = [], set()
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in (".jpg", ".jpeg", ".png"):
+            continue
+        with Image.open(path) as im:
+            if im.size in sizes:
+                continue
+            sizes.add(im.size)
+        picked.append(path)
+        if len(picked) == n:
+            break
+    return picked
