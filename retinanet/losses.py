@@ -34,8 +34,16 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
     targets = targets.to(logits.dtype)
     p = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")  # = -log(p_t), stable
-    p_t = p * targets + (1 - p) * (1 - targets)
-    loss = ce * (1 - p_t) ** gamma if gamma != 0 else ce
+    if gamma == 0:
+        loss = ce
+    elif gamma >= 1:
+        p_t = p * targets + (1 - p) * (1 - targets)
+        loss = ce * (1 - p_t) ** gamma
+    else:
+        # q^gamma (q = 1 - p_t) has an infinite slope at q = 0 when gamma < 1, so a confident logit
+        # gets a NaN gradient (0 * inf). exp(gamma * log q), with log q from log-sigmoids, has slope 0 there.
+        log_q = torch.logaddexp(F.logsigmoid(-logits) + torch.log(targets), F.logsigmoid(logits) + torch.log1p(-targets))
+        loss = ce * torch.exp(gamma * log_q)
     if alpha >= 0:
         loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
     return _reduce(loss, reduction)
@@ -78,8 +86,14 @@ def softmax_focal_loss(logits: Tensor, target_index: Tensor, gamma: float = 2.0,
     safe_target = torch.where(valid, target_index, torch.zeros_like(target_index))
     log_p = F.log_softmax(logits, dim=1).gather(1, safe_target.unsqueeze(1)).squeeze(1)
     loss = -log_p
-    if gamma != 0:
+    if gamma >= 1:
         loss = loss * (-torch.expm1(log_p)) ** gamma  # 1 - p_c, exact for p_c near 1
+    elif gamma > 0:
+        # As in sigmoid_focal_loss: (1 - p_c)^gamma has an infinite slope at p_c = 1 when gamma < 1.
+        # log(1 - p_c) = logsumexp over the other classes - logsumexp over all: finite slope everywhere.
+        is_target = F.one_hot(safe_target, num_classes).movedim(-1, 1).bool()
+        log_q = torch.logsumexp(logits.masked_fill(is_target, float("-inf")), 1) - torch.logsumexp(logits, 1)
+        loss = loss * torch.exp(gamma * log_q)
     if alpha is None:
         weight = torch.ones_like(loss)
     else:

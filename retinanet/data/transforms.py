@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from typing import Any, Optional, Sequence, Union
 
 import albumentations as A
@@ -75,7 +76,10 @@ class DetectionTransform:
         crowd_boxes = np.asarray(crowd_boxes, np.float32).reshape(-1, 4)
         labels = np.asarray(labels, np.int64).reshape(-1)
         if self.random:
-            self.compose.set_random_seed(int.from_bytes(os.urandom(4), "little") if seed is None else seed)
+            seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
+            # One shared stream for all ops: set_random_seed would give each op its own copy of the
+            # same stream, and so correlate e.g. the flip decision with the chosen scale.
+            self.compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
         # Crowd regions travel with the boxes under label -1 so that they get the same geometry.
         out = self.compose(image=image, bboxes=np.concatenate([boxes, crowd_boxes]),
                            labels=np.concatenate([labels, np.full(len(crowd_boxes), -1, np.int64)]))

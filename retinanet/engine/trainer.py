@@ -174,15 +174,18 @@ class Trainer:
                      metrics["AP75"])
             for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
                 self.writer.add_scalar(f"eval/{k}", metrics[k], iteration)
-            self._log_images(detector, iteration)
+            self._log_images(detector, iteration, save=iteration == self.cfg.solver.max_iter)
             self._log_jsonl({"iteration": iteration, **{k: v for k, v in metrics.items() if k != "per_category"}})
         return metrics
 
-    def _log_images(self, detector: Detector, iteration: int) -> None:
+    def _log_images(self, detector: Detector, iteration: int, save: bool = False) -> None:
+        """Draws the first ``train.vis_images`` val images to TensorBoard (and, at the end, to
+        OUTPUT/predictions/)."""
         n = self.cfg.train.vis_images
         if n <= 0:
             return
-        from pycocotools.coco import COCO  # noqa: F401 - validated by the evaluator already
+        from PIL import Image
+
         from ..preprocess import read_image
         from ..visualize import draw_detections
         info = json.loads(Path(self.cfg.data.val.annotations).read_text())["images"][:n]
@@ -195,6 +198,9 @@ class Trainer:
             drawn = draw_detections(image, det["boxes"].numpy(), det["names"], det["scores"].numpy(),
                                     det["labels"].numpy())
             self.writer.add_image(f"val/{i}", np.asarray(drawn), iteration, dataformats="HWC")
+            if save:
+                (self.output / "predictions").mkdir(exist_ok=True)
+                Image.fromarray(np.asarray(drawn)).save(self.output / "predictions" / (Path(im["file_name"]).stem + ".jpg"))
 
     def _log_jsonl(self, record: dict) -> None:
         with open(self.output / "metrics.jsonl", "a") as f:

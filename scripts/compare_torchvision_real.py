@@ -1,0 +1,144 @@
+#!/usr/bin/env python
+"""Train our RetinaNet and torchvision's on the same real data, backbone, size, batch and budget.
+
+    python scripts/compare_torchvision_real.py --config configs/examples/raccoon_mobilenet.yaml \
+        [--iters 600] [--output output/compare_raccoon] [key=value ...]
+
+Both models get the MobileNetV2 ImageNet backbone named by the config, the same augmented batches
+(our data pipeline, same seed), the same SGD/warmup/step schedule, and are scored by the same COCO
+evaluator. torchvision's own resize is bypassed during training (the batches are already resized)
+and restored, at the config's test size, for evaluation. Prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+from torchvision.models.detection import RetinaNet as TVRetinaNet
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from retinanet.backbone import load_backbone_weights  # noqa: E402
+from retinanet.config import load_config  # noqa: E402
+from retinanet.data.loader import build_dataset, build_train_loader  # noqa: E402
+from retinanet.engine.solver import build_lr_scheduler, build_optimizer  # noqa: E402
+from retinanet.engine.trainer import train  # noqa: E402
+from retinanet.evaluation.coco_evaluator import COCOEvaluator  # noqa: E402
+from retinanet.preprocess import read_image, to_float_tensor  # noqa: E402
+
+
+def build_torchvision_model(cfg, num_classes: int) -> TVRetinaNet:
+    mb = torchvision.models.mobilenet_v2(weights=None, norm_layer=FrozenBatchNorm2d)
+    if cfg.model.backbone.weights:
+        load_backbone_weights(mb, cfg.model.backbone.weights)
+    for i in range(4):  # freeze_at=2: stem and the stride-4 stage, as in our config
+        for p in mb.features[i].parameters():
+            p.requires_grad_(False)
+    backbone = BackboneWithFPN(mb.features, {"6": "0", "13": "1", "18": "2"}, [32, 96, 1280],
+                               cfg.model.fpn.channels, extra_blocks=LastLevelP6P7(cfg.model.fpn.channels,
+                                                                                  cfg.model.fpn.channels))
+    inp = cfg.input
+    return TVRetinaNet(backbone, num_classes, min_size=inp.min_size_test, max_size=inp.max_size_test,
+                       image_mean=list(inp.pixel_mean), image_std=list(inp.pixel_std), detections_per_img=100)
+
+
+def train_torchvision(cfg, dataset, model: TVRetinaNet, device: torch.device) -> float:
+    """Same batches as our trainer sees; returns seconds per iteration."""
+    torch.manual_seed(cfg.train.seed)
+    model.to(device).train()
+    resize = model.transform.resize
+    model.transform.resize = lambda image, target=None: (image, target)  # batches are already resized
+    opt = build_optimizer(cfg.solver, model)
+    sched = build_lr_scheduler(cfg.solver, opt)
+    mean = torch.tensor(cfg.input.pixel_mean).view(3, 1, 1)
+    std = torch.tensor(cfg.input.pixel_std).view(3, 1, 1)
+    loader = iter(build_train_loader(cfg, dataset))
+    start = time.perf_counter()
+    for it in range(cfg.solver.max_iter):
+        batch = next(loader)
+        images = [(batch["images"][i, :, :h, :w] * std + mean).to(device) for i, (h, w) in
+                  enumerate(batch["image_sizes"])]
+        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in batch["targets"]]
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"torchvision: non-finite loss at iteration {it}: {losses}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.solver.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.solver.clip_grad_norm)
+        opt.step()
+        sched.step()
+        if (it + 1) % cfg.train.log_period == 0:
+            print(f"torchvision it {it + 1}: loss {loss.item():.4f}", flush=True)
+    seconds = (time.perf_counter() - start) / cfg.solver.max_iter
+    model.transform.resize = resize
+    return seconds
+
+
+@torch.no_grad()
+def evaluate_torchvision(cfg, model: TVRetinaNet, categories: list[dict], device: torch.device) -> dict:
+    model.eval()
+    val = cfg.data.val
+    ann = json.loads(Path(val.annotations).read_text())
+    evaluator = COCOEvaluator(val.annotations, backend=cfg.evaluation.backend)
+    label_to_id = torch.tensor([c["id"] for c in categories])
+    for info in ann["images"]:
+        image = to_float_tensor(read_image(Path(val.images) / info["file_name"])).to(device)
+        out = model([image])[0]
+        evaluator.process([info["id"]], [{"boxes": out["boxes"].cpu(), "scores": out["scores"].cpu(),
+                                          "labels": label_to_id[out["labels"].cpu()]}])
+    return evaluator.evaluate()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True)
+    p.add_argument("--iters", type=int, default=None, help="overrides solver.max_iter for both")
+    p.add_argument("--output", default="output/compare_torchvision")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = list(args.overrides) + [f"train.output_dir={args.output}/ours", "train.eval_period=0"]
+    if args.iters:
+        overrides.append(f"solver.max_iter={args.iters}")
+    cfg = load_config(args.config, overrides)
+
+    t0 = time.perf_counter()
+    ours = train(cfg)
+    ours_time = [json.loads(line) for line in Path(args.output, "ours", "metrics.jsonl").read_text().splitlines()]
+    ours_sec = sum(r["time_per_iter"] for r in ours_time if "time_per_iter" in r) / max(
+        1, sum(1 for r in ours_time if "time_per_iter" in r))
+    print(f"ours: {time.perf_counter() - t0:.0f} s total")
+
+    dataset = build_dataset(cfg, "train", train=True)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(dataset.categories)))
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
+    tv = build_torchvision_model(cfg, len(dataset.categories))
+    tv_sec = train_torchvision(cfg, dataset, tv, device)
+    theirs = evaluate_torchvision(cfg, tv, dataset.categories, device)
+
+    rows = [("ours", ours, ours_sec), ("torchvision", theirs, tv_sec)]
+    table = ["| model | AP | AP50 | AP75 | s/iter |", "|---|---|---|---|---|"]
+    table += [f"| {n} | {m['AP']:.1f} | {m['AP50']:.1f} | {m['AP75']:.1f} | {s:.2f} |" for n, m, s in rows]
+    text = "\n".join(table)
+    print(text)
+    Path(args.output).mkdir(parents=True, exist_ok=True)
+    Path(args.output, "comparison.md").write_text(f"config: {args.config}, iters {cfg.solver.max_iter}\n\n{text}\n")
+    Path(args.output, "comparison.json").write_text(json.dumps({"ours": ours, "torchvision": theirs,
+                                                                "ours_s_per_iter": ours_sec,
+                                                                "torchvision_s_per_iter": tv_sec}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
