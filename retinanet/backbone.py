@@ -98,12 +98,18 @@ def load_backbone_weights(body: nn.Module, weights: str) -> None:
         raise FileNotFoundError(f"model.backbone.weights: file not found: {weights}")
     else:
         state = _download_torchvision_weights(weights)
-    missing, unexpected = body.load_state_dict(state, strict=False)
+    own = body.state_dict()
+    # load_state_dict(strict=False) still raises a bare RuntimeError on a shape mismatch (e.g. a
+    # resnet18 file for a resnet50): report it like missing keys, naming the file.
+    shapes = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+              for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing, unexpected = body.load_state_dict({k: v for k, v in state.items() if k not in own
+                                                or tuple(v.shape) == tuple(own[k].shape)}, strict=False)
     # The classifier of an ImageNet checkpoint is not part of a detection backbone.
     unexpected = [k for k in unexpected if not k.startswith(("fc.", "classifier."))]
-    if missing or unexpected:
-        raise ValueError(f"model.backbone.weights: {weights} does not fit this backbone; "
-                         f"missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")
+    if missing or unexpected or shapes:
+        raise ValueError(f"model.backbone.weights: {weights} does not fit this backbone; shape mismatches "
+                         f"{shapes[:4]}, missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")
 
 
 def _download_torchvision_weights(name: str) -> dict:

@@ -11,9 +11,11 @@ The config and categories travel inside the file (ONNX metadata / TorchScript ex
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import Callable, Iterator, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -77,6 +79,14 @@ class LevelOutputsModel(nn.Module):
         return dense_outputs(self.run(images), tuple(images.shape[-2:]), self.anchor_generator)
 
 
+@contextlib.contextmanager
+def _quiet_jit() -> Iterator[None]:
+    """TorchScript still works in torch 2.x but warns on every call that it is deprecated."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+        yield
+
+
 def _metadata(cfg: Config, categories: list[dict]) -> dict[str, str]:
     return {"retinanet_config": json.dumps(to_dict(cfg)), "retinanet_categories": json.dumps(categories),
             "retinanet_outputs": "per-level logits (N, A*K, H_l, W_l) and deltas (N, A*4, H_l, W_l); "
@@ -100,15 +110,18 @@ def export_model(model: RetinaNet, cfg: Config, categories: list[dict], path: Un
             dyn = {"images": {0: "batch", 2: "height", 3: "width"},
                    **{n: {0: "batch", 2: f"h_{n[-2:]}", 3: f"w_{n[-2:]}"} for n in names}}
             # The TorchScript-based exporter: the dynamo one needs onnxscript and gains nothing for a conv net.
-            torch.onnx.export(net, (sample,), str(path), input_names=["images"], output_names=names,
-                              dynamic_axes=dyn, opset_version=opset, dynamo=False)
+            with warnings.catch_warnings():  # it warns that it is the legacy exporter: chosen on purpose
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(net, (sample,), str(path), input_names=["images"], output_names=names,
+                                  dynamic_axes=dyn, opset_version=opset, dynamo=False)
             proto = onnx.load(str(path))
             for k, v in _metadata(cfg, categories).items():
                 proto.metadata_props.add(key=k, value=v)
             onnx.save(proto, str(path))
         else:
-            traced = torch.jit.trace(net, (sample,), check_trace=False)
-            torch.jit.save(traced, str(path), _extra_files=_metadata(cfg, categories))
+            with _quiet_jit():
+                traced = torch.jit.trace(net, (sample,), check_trace=False)
+                torch.jit.save(traced, str(path), _extra_files=_metadata(cfg, categories))
     return path
 
 
@@ -129,7 +142,8 @@ def load_exported(path: Union[str, Path], device: Union[str, torch.device] = "cp
         device = "cpu" if list(providers) == ["CPUExecutionProvider"] else device
     else:
         extra = {"retinanet_config": "", "retinanet_categories": ""}
-        run = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        with _quiet_jit():
+            run = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         meta = {k: v.decode() if isinstance(v, bytes) else v for k, v in extra.items()}
     if not meta.get("retinanet_config"):
         raise ValueError(f"{path}: not exported by `retinanet export` (no retinanet_config metadata)")

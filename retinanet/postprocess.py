@@ -31,8 +31,10 @@ class PostProcessor:
         boxes, scores, labels = [], [], []
         start = 0
         for size in outputs.level_sizes:
-            s = torch.sigmoid(logits[:, start:start + size].reshape(n, -1))
-            top_scores, top_idx = s.topk(min(self.topk_candidates, s.shape[1]), dim=1)
+            flat = logits[:, start:start + size].reshape(n, -1)
+            # Top-k on logits, sigmoid on the k winners only: sigmoid is monotone, same set and order.
+            top_logits, top_idx = flat.topk(min(self.topk_candidates, flat.shape[1]), dim=1)
+            top_scores = torch.sigmoid(top_logits)
             anchor_idx = torch.div(top_idx, k, rounding_mode="floor")
             d = deltas[:, start:start + size].gather(1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4))
             boxes.append(self.box_coder.decode(d, outputs.anchors[start:start + size][anchor_idx]))

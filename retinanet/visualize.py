@@ -34,8 +34,8 @@ def draw_detections(image: np.ndarray, boxes, names: Sequence[str], scores=None,
     if len(names) != len(boxes):
         raise ValueError(f"draw_detections: {len(boxes)} boxes but {len(names)} names")
     h, w = image.shape[:2]
-    line_width = line_width or max(1, round(min(h, w) / 300))
-    font = ImageFont.load_default(size=max(10, round(min(h, w) / 40)))
+    line_width = line_width or max(2, round(min(h, w) / 250))
+    font = ImageFont.load_default(size=max(11, round(min(h, w) / 35)))
     canvas = Image.fromarray(image.copy())
     draw = ImageDraw.Draw(canvas)
     order = np.argsort(scores) if scores is not None else np.arange(len(boxes))  # best drawn last, on top

@@ -45,28 +45,28 @@ def _unit_polygon(name: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    """(h, w, 3) float: muted colour gradient plus one of blotches, stripes or plain noise."""
+    """(h, w, 3) float32: muted colour gradient plus blotches, stripes or nothing (noise comes later)."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi)
-    ramp = (xx * math.cos(angle) + yy * math.sin(angle)) / max(h, w)
-    c0, c1 = rng.uniform(40, 200, 3), rng.uniform(40, 200, 3)
-    img = c0 + (c1 - c0) * ramp[..., None] * 0.7
+    ramp = (xx * math.cos(angle) + yy * math.sin(angle)) * (0.7 / max(h, w))
+    c0, c1 = rng.uniform(40, 200, 3).astype(np.float32), rng.uniform(40, 200, 3).astype(np.float32)
+    img = c0 + (c1 - c0) * ramp[..., None]
     kind = rng.integers(3)
     if kind == 0:  # low-frequency blotches: a coarse random grid upsampled
         coarse = rng.normal(0, 25, (h // 32 + 2, w // 32 + 2)).astype(np.float32)
-        img = img + np.asarray(Image.fromarray(coarse).resize((w, h), Image.BILINEAR))[..., None]
+        img += np.asarray(Image.fromarray(coarse).resize((w, h), Image.BILINEAR))[..., None]
     elif kind == 1:  # stripes
         period, phase = rng.uniform(6, 30), rng.uniform(0, 2 * np.pi)
-        img = img + 20 * np.sin(2 * np.pi * (xx * math.sin(angle) - yy * math.cos(angle)) / period + phase)[..., None]
-    return img + rng.normal(0, rng.uniform(2, 12), (h, w, 1))
+        img += 20 * np.sin((xx * math.sin(angle) - yy * math.cos(angle)) * (2 * np.pi / period) + phase)[..., None]
+    return img
 
 
 def _colour(rng: np.random.Generator, avoid: np.ndarray) -> tuple[int, int, int]:
-    """A saturated colour not too close to ``avoid`` (the background mean)."""
+    """A saturated colour not too close to ``avoid`` (the background under the shape)."""
     for _ in range(20):
         c = rng.uniform(0, 255, 3)
         c[rng.integers(3)] = rng.uniform(0, 40)  # saturated: one channel dark
-        if np.abs(c - avoid).sum() > 150:
+        if np.abs(c - avoid).sum() > 180:
             break
     return tuple(int(v) for v in c)
 
@@ -74,7 +74,6 @@ def _colour(rng: np.random.Generator, avoid: np.ndarray) -> tuple[int, int, int]
 def _render(h: int, w: int, rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
     """One image and its objects ``{"category_id", "bbox" xywh, "area", "segmentation"}``."""
     bg = _background(h, w, rng)
-    bg_mean = bg.mean((0, 1))
     img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
     draw, objects, boxes = ImageDraw.Draw(img), [], []
     n = 0 if rng.random() < 0.05 else int(rng.integers(1, 9))
@@ -98,11 +97,12 @@ def _render(h: int, w: int, rng: np.random.Generator) -> tuple[Image.Image, list
         box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], float)  # tight, pixel edges
         if any(_too_close(box, b) for b in boxes):
             continue
-        draw.polygon([tuple(p) for p in pts], fill=_colour(rng, bg_mean))
+        draw.polygon([tuple(p) for p in pts], fill=_colour(rng, bg[ys, xs].mean(0)))
         boxes.append(box)
         objects.append({"category_id": cat["id"], "bbox": [float(v) for v in (*box[:2], *(box[2:] - box[:2]))],
                         "area": float(len(xs)), "segmentation": [[round(float(v), 2) for v in pts.reshape(-1)]]})
-    arr = np.asarray(img).astype(np.float32) + rng.normal(0, 4, (h, w, 3))  # sensor noise over everything
+    noise = rng.standard_normal((h, w, 3), dtype=np.float32) * rng.uniform(3, 12)  # over objects too
+    arr = np.asarray(img, dtype=np.float32) + noise
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), objects
 
 
@@ -123,11 +123,11 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def make_synthetic_coco(root: Union[str, Path], num_train: int = 200, num_val: int = 50,
-                        image_size: tuple[int, int] = (256, 320), seed: int = 0) -> dict:
+                        image_size: tuple[int, int] = (256, 320), seed: int = 0, vary_size: bool = True) -> dict:
     """Writes ``root/images/*.jpg`` and ``root/annotations/{train,val}.json``; returns their paths and counts.
 
-    ``image_size`` (H, W) is the typical landscape size; each image's sides vary by +-20% and a quarter
-    are portrait.
+    ``image_size`` (H, W) is the typical landscape size; with ``vary_size`` each image's sides vary by
+    +-20% and a quarter are portrait, without it every image is exactly ``image_size``.
     """
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -138,8 +138,8 @@ def make_synthetic_coco(root: Union[str, Path], num_train: int = 200, num_val: i
         for i in range(count):
             rng = np.random.default_rng([seed, split_idx, i])
             h, w = (int(round(s * rng.uniform(0.8, 1.2))) for s in image_size)
-            if rng.random() < 0.25:
-                h, w = w, h
+            h, w = (w, h) if rng.random() < 0.25 else (h, w)
+            h, w = (h, w) if vary_size else image_size
             img, objects = _render(h, w, rng)
             name = f"{split}_{i:06d}.jpg"
             _atomic_write(root / "images" / name, lambda p, img=img: img.save(p, format="JPEG", quality=92))
@@ -167,8 +167,8 @@ def ensure_demo_dataset(data_cfg: DataConfig) -> None:
         root = ann.parent.parent
         if ann.parent.name != "annotations" or ann.name != f"{split}.json" or (
                 ds.images and Path(ds.images).resolve() != (root / "images").resolve()):
-            raise DatasetError(f"data.demo: data.{split} must point at <root>/images and "
-                               f"<root>/annotations/{split}.json, got images={ds.images!r}, annotations={ds.annotations!r}")
+            raise DatasetError(f"data.demo: data.{split} must point at <root>/images and <root>/annotations/"
+                               f"{split}.json, got images={ds.images!r}, annotations={ds.annotations!r}")
         roots.add(root)
     for root in sorted(roots):
         if not ((root / "annotations" / "train.json").is_file() and (root / "annotations" / "val.json").is_file()):

@@ -271,8 +271,8 @@ class Trainer:
         losses = self.criterion(outputs, targets, gamma=gamma)
         loss = losses["loss_cls"] + losses["loss_box"]
         bad = all_reduce_max((~torch.isfinite(loss.detach())).float().reshape(1))
-        values = {k: float(v) for k, v in losses.items()}
-        values["loss"] = float(loss)
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        values["loss"] = float(loss.detach())
         if bad.item() > 0:
             terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
             if self.cfg.train.skip_nonfinite:

@@ -123,12 +123,16 @@ class COCOEvaluator:
 
     def reset(self) -> None:
         self._image_ids: list[int] = []
+        self._seen: set[int] = set()
         self._results: list[dict] = []
 
     def process(self, image_ids: list[int], detections: list[dict]) -> None:
         if len(image_ids) != len(detections):
             raise ValueError(f"process: {len(image_ids)} image ids but {len(detections)} detections")
         for image_id, det in zip(image_ids, detections):
+            if int(image_id) in self._seen:  # a padded sampler repeats images; count each once
+                continue
+            self._seen.add(int(image_id))
             self._image_ids.append(int(image_id))
             self._results.extend(to_coco_results(image_id, det))
 
@@ -164,7 +168,9 @@ class COCOEvaluator:
 
 def evaluate_results_file(results_json: Union[str, Path], annotations_json: Union[str, Path, COCO],
                           backend: str = "pycocotools") -> dict[str, Any]:
-    """Scores a COCO results file (a JSON list of {image_id, category_id, bbox xywh, score})."""
+    """Scores a COCO results file (a JSON list of {image_id, category_id, bbox xywh, score}) over
+    every image of the annotations."""
+    _eval_class(backend)
     path = Path(results_json)
     if not path.is_file():
         raise FileNotFoundError(f"results file not found: {path}")

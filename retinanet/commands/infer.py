@@ -1,0 +1,113 @@
+"""``retinanet infer``: detect objects in image files, folders or globs; draw them and write JSON.
+
+Writes one drawn image per readable input into --output (same name; .png for formats other than
+JPEG/PNG) and ``predictions.json``: COCO results entries with ``file_name``; image ids are the
+1-based positions of the inputs in sorted order. An unreadable input is reported by path and
+skipped; the exit status is 1 only when no input at all could be processed.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import re
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (default: the one stored in the checkpoint)")
+    p.add_argument("--weights", help="checkpoint")
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="image files, folders or globs")
+    p.add_argument("--output", required=True, help="folder for the drawn images and predictions.json")
+    p.add_argument("--score-thresh", type=float, default=0.3, help="drawn and written detections (default 0.3)")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: train.device)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. evaluation.tta=true")
+
+
+def collect_inputs(patterns: list[str]) -> tuple[list[Path], list[str]]:
+    """Sorted unique image paths from files, folders (their images, not recursive) and globs;
+    and the patterns that matched nothing."""
+    found, unmatched = set(), []
+    for pattern in patterns:
+        p = Path(pattern)
+        if p.is_dir():
+            hits = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        elif p.exists():
+            hits = [p]
+        else:
+            hits = [Path(h) for h in glob.glob(pattern, recursive=True) if Path(h).is_file()]
+        if not hits:
+            unmatched.append(pattern)
+        found.update(hits)
+    return sorted(found), unmatched
+
+
+def _is_override(arg: str) -> bool:
+    return re.match(r"^[A-Za-z_]+(\.[A-Za-z_]+)+=", arg) is not None and not Path(arg).exists()
+
+
+def _output_name(path: Path, used: set[str]) -> str:
+    suffix = path.suffix.lower() if path.suffix.lower() in (".jpg", ".jpeg", ".png") else ".png"
+    name = path.stem + suffix
+    n = 1
+    while name in used:  # same file name in two input folders
+        name, n = f"{path.stem}_{n}{suffix}", n + 1
+    used.add(name)
+    return name
+
+
+def run(args: argparse.Namespace) -> int:
+    from PIL import Image
+    from tqdm import tqdm
+
+    from ..evaluation import to_coco_results
+    from ..preprocess import read_image
+    from ..tta import predict_tta
+    from ..visualize import draw_detections
+    from .evaluate import load_detector, setup_logging
+
+    setup_logging()
+    # `--input a.jpg b.jpg key=value` puts the overrides into --input (nargs="+"): move them back.
+    overrides = [a for a in args.input if _is_override(a)]
+    paths, unmatched = collect_inputs([a for a in args.input if a not in overrides])
+    for pattern in unmatched:
+        print(f"retinanet infer: no image found at {pattern}", file=sys.stderr)
+    if not paths:
+        print("retinanet infer: error: no input images found", file=sys.stderr)
+        return 1
+    detector = load_detector(args.config, args.weights, [*args.overrides, *overrides], args.device)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    tta = detector.cfg.evaluation.tta
+    predictions, failed, used = [], [], set()
+    indexed = list(enumerate(paths, start=1))
+    with tqdm(total=len(paths), desc="infer", unit="img", dynamic_ncols=True) as bar:
+        for start in range(0, len(indexed), args.batch_size):
+            batch = []
+            for image_id, path in indexed[start:start + args.batch_size]:
+                try:
+                    batch.append((image_id, path, read_image(path)))
+                except OSError as e:
+                    tqdm.write(f"retinanet infer: skipping {path}: {e}", file=sys.stderr)
+                    failed.append(str(path))
+            if batch:
+                images = [b[2] for b in batch]
+                dets = predict_tta(detector, images) if tta else detector.predict(images, batch_size=len(images))
+                for (image_id, path, image), det in zip(batch, dets):
+                    keep = (det["scores"] > args.score_thresh).nonzero().flatten().tolist()
+                    det = {"boxes": det["boxes"][keep], "scores": det["scores"][keep], "labels": det["labels"][keep],
+                           "names": [det["names"][i] for i in keep]}
+                    drawn = draw_detections(image, det["boxes"].numpy(), det["names"], det["scores"].numpy(),
+                                            det["labels"].numpy())
+                    Image.fromarray(drawn).save(out / _output_name(path, used))
+                    predictions += [{**r, "file_name": str(path)} for r in to_coco_results(image_id, det)]
+            bar.update(len(indexed[start:start + args.batch_size]))
+    (out / "predictions.json").write_text(json.dumps(predictions, indent=1))
+    done = len(paths) - len(failed)
+    print(f"{done} image(s), {len(predictions)} detection(s) above {args.score_thresh} -> {out}"
+          + (f"; {len(failed)} unreadable: {', '.join(failed)}" if failed else ""), file=sys.stderr)
+    return 0 if done else 1
