@@ -283,6 +283,34 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
+# Keys whose value is one of a few names: checked when a config is loaded, not deep inside a run.
+CHOICES = {
+    "model.backbone.name": ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2"),
+    "model.backbone.norm": ("frozen_bn", "bn", "syncbn"),
+    "model.fpn.p6_from": ("c5", "p5"),
+    "model.head.norm": ("", "gn"),
+    "model.loss.cls_loss": ("focal", "focal_star", "bce", "alpha_bce"),
+    "model.loss.box_loss": ("smooth_l1", "l1", "giou"),
+    "model.loss.normalize": ("batch", "ema", "image"),
+    "model.loss.gamma_schedule": ("constant", "linear", "cosine", "step"),
+    "train.amp": ("", "fp16", "bf16"),
+    "evaluation.backend": ("pycocotools", "faster_coco_eval"),
+}
+
+
+def validate(cfg: Config) -> Config:
+    """Checks the named-choice keys; returns ``cfg`` unchanged."""
+    for key, allowed in CHOICES.items():
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), [a for a in allowed if a], n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(a) for a in allowed)}{hint}")
+    return cfg
+
+
 def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[list[str]] = None) -> Config:
     """Reads defaults, then the YAML file (with optional ``_base_`` chain), then ``key=value`` overrides."""
     cfg = Config()
@@ -290,7 +318,7 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[lis
         cfg = merge_dict(cfg, _read_yaml_chain(Path(path)))
     if overrides:
         cfg = merge_dict(cfg, parse_overrides(overrides))
-    return cfg
+    return validate(cfg)
 
 
 def _read_yaml_chain(path: Path, seen: tuple = ()) -> dict:

@@ -20,7 +20,7 @@ def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device} requested but CUDA is not available; use device=cpu")
+        raise ValueError(f"device {device} requested but CUDA is not available; use train.device=cpu")
     return device
 
 

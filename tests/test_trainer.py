@@ -187,3 +187,17 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     a, b = _weights(single / "model_final.pth"), _weights(multi / "model_final.pth")
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert worst < 1e-4, worst
+
+
+def test_overfits_two_images_to_high_ap50(tmp_path):
+    root = tmp_path / "data"
+    make_synthetic_coco(root, num_train=2, num_val=0, seed=5, image_size=(128, 160))
+    ann = root / "annotations/train.json"
+    out = tmp_path / "overfit"
+    overrides = tiny_overrides(root, out, **{
+        "data.val.annotations": str(ann), "solver.max_iter": 120, "solver.base_lr": 0.01, "solver.warmup_iters": 10,
+        "solver.steps": "[100]", "input.flip_prob": 0.0, "input.min_size_train": 128, "input.max_size_train": 160,
+        "model.head.norm": "gn", "model.fpn.channels": 64, "solver.clip_grad_norm": 10.0,
+        "train.checkpoint_period": 1000, "train.log_period": 20})
+    metrics = train(load_config(None, overrides))
+    assert metrics["AP50"] > 90.0, metrics
