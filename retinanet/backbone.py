@@ -35,7 +35,7 @@ class ResNetBackbone(nn.Module):
         self.out_channels = (width // 4, width // 2, width)
         # Detectron2 semantics: 1 freezes the stem, 2 also res2 (layer1), ... 5 everything.
         stages = [nn.ModuleList([body.conv1, body.bn1]), body.layer1, body.layer2, body.layer3, body.layer4]
-        _freeze(stages[:freeze_at])
+        _freeze(body, stages[:freeze_at])
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """(N, 3, H, W) -> [C3 (N, c3, H/8, W/8), C4, C5]."""
@@ -57,7 +57,7 @@ class MobileNetV2Backbone(nn.Module):
         del body.classifier
         self.body = body
         self.out_channels = (32, 96, 1280)
-        _freeze([body.features[i] for stage in self._STAGES[:freeze_at] for i in stage])
+        _freeze(body, [body.features[i] for stage in self._STAGES[:freeze_at] for i in stage])
 
     def forward(self, x: Tensor) -> list[Tensor]:
         f = self.body.features
@@ -66,10 +66,26 @@ class MobileNetV2Backbone(nn.Module):
         return [c3, c4, f[14:](c4)]
 
 
-def _freeze(modules: list[nn.Module]) -> None:
+def _freeze(body: nn.Module, modules: list[nn.Module]) -> None:
+    """No gradients for ``modules``; their BatchNorms become FrozenBatchNorm2d so that the running
+    statistics stop moving too (Detectron2 does the same)."""
     for m in modules:
         for p in m.parameters():
             p.requires_grad_(False)
+    _freeze_batchnorm(body)
+
+
+def _freeze_batchnorm(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d) and not child.weight.requires_grad:
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            frozen.weight.copy_(child.weight.detach())
+            frozen.bias.copy_(child.bias.detach())
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            _freeze_batchnorm(child)
 
 
 def build_backbone(name: str, norm: str = "frozen_bn", freeze_at: int = 2, weights: str = "") -> nn.Module:

@@ -32,11 +32,11 @@ def test_resnet_freeze_at():
     assert _trainable(build_backbone("resnet18", freeze_at=2)) == {"layer2", "layer3", "layer4"}
     assert _trainable(build_backbone("resnet18", freeze_at=4)) == {"layer4"}
     assert _trainable(build_backbone("resnet18", freeze_at=5)) == set()
-    bn = build_backbone("resnet18", norm="bn", freeze_at=1)  # trainable BN: the stem's bn1 is frozen too
-    assert {n for n, p in bn.named_parameters() if not p.requires_grad} == {"body.conv1.weight", "body.bn1.weight",
-                                                                            "body.bn1.bias"}
+    bn = build_backbone("resnet18", norm="bn", freeze_at=1)  # the frozen stem's bn1 becomes FrozenBatchNorm2d
+    assert {n for n, p in bn.named_parameters() if not p.requires_grad} == {"body.conv1.weight"}
     assert isinstance(build_backbone("resnet18").body.bn1, FrozenBatchNorm2d)
-    assert isinstance(bn.body.bn1, torch.nn.BatchNorm2d)
+    assert isinstance(bn.body.bn1, FrozenBatchNorm2d)
+    assert isinstance(bn.body.layer1[0].bn1, torch.nn.BatchNorm2d)
 
 
 def test_mobilenet_freeze_at():
@@ -100,3 +100,21 @@ def test_mobilenet_shared_weights_load():
     state = torch.load(path, map_location="cpu", weights_only=True)
     assert torch.equal(backbone.body.features[0][0].weight, state["features.0.0.weight"])
     assert torch.equal(backbone.body.features[18][1].running_var, state["features.18.1.running_var"])
+
+
+def test_frozen_stages_with_bn_get_frozen_batchnorm():
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from retinanet.backbone import build_backbone
+
+    bb = build_backbone("resnet18", norm="bn", freeze_at=2)
+    assert isinstance(bb.body.bn1, FrozenBatchNorm2d)
+    assert isinstance(bb.body.layer1[0].bn1, FrozenBatchNorm2d)
+    assert isinstance(bb.body.layer2[0].bn1, torch.nn.BatchNorm2d)
+    bb.train()
+    before = bb.body.bn1.running_mean.clone()
+    bb(torch.rand(2, 3, 64, 64) * 5)
+    assert torch.equal(bb.body.bn1.running_mean, before)
+    mb = build_backbone("mobilenet_v2", norm="bn", freeze_at=2)
+    assert isinstance(mb.body.features[0][1], FrozenBatchNorm2d)
+    assert isinstance(mb.body.features[4].conv[0][1], torch.nn.BatchNorm2d)
