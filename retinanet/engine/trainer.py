@@ -31,17 +31,19 @@ class NonFiniteLossError(RuntimeError):
 
 
 def setup_logging(output_dir: Optional[Path]) -> None:
-    if log.handlers:
-        return
+    """Logs of the ``retinanet`` logger go to stdout and OUTPUT/log.txt (replacing a previous run's)."""
     log.setLevel(logging.INFO)
+    for h in [h for h in log.handlers if getattr(h, "_retinanet", False)]:
+        log.removeHandler(h)
+        h.close()
     fmt = logging.Formatter("[%(asctime)s %(name)s] %(message)s", "%H:%M:%S")
-    handlers = [logging.StreamHandler(sys.stdout)]
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if output_dir is not None:
         handlers.append(logging.FileHandler(output_dir / "log.txt"))
     for h in handlers:
         h.setFormatter(fmt)
+        h._retinanet = True  # type: ignore[attr-defined]
         log.addHandler(h)
-    log.propagate = False
 
 
 def _with_classes(cfg: Config, categories: list[dict]) -> Config:
