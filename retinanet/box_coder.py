@@ -11,6 +11,12 @@ from torch import Tensor
 DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
 
 
+def _centre_size(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    return boxes[..., 0] + 0.5 * w, boxes[..., 1] + 0.5 * h, w, h
+
+
 class BoxCoder:
     def __init__(self, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), scale_clamp: float = DEFAULT_SCALE_CLAMP):
         self.weights = tuple(float(w) for w in weights)
@@ -18,27 +24,17 @@ class BoxCoder:
 
     def encode(self, anchors: Tensor, boxes: Tensor) -> Tensor:
         """Deltas (..., 4) that turn ``anchors`` (..., 4) into ``boxes`` (..., 4), both xyxy."""
-        anchors, boxes = anchors.float(), boxes.float()
         wx, wy, ww, wh = self.weights
-        aw = anchors[..., 2] - anchors[..., 0]
-        ah = anchors[..., 3] - anchors[..., 1]
-        ax = anchors[..., 0] + 0.5 * aw
-        ay = anchors[..., 1] + 0.5 * ah
-        bw = boxes[..., 2] - boxes[..., 0]
-        bh = boxes[..., 3] - boxes[..., 1]
-        bx = boxes[..., 0] + 0.5 * bw
-        by = boxes[..., 1] + 0.5 * bh
+        ax, ay, aw, ah = _centre_size(anchors.float())
+        bx, by, bw, bh = _centre_size(boxes.float())
         return torch.stack([wx * (bx - ax) / aw, wy * (by - ay) / ah,
                             ww * torch.log(bw / aw), wh * torch.log(bh / ah)], dim=-1)
 
     def decode(self, deltas: Tensor, anchors: Tensor) -> Tensor:
         """Boxes (..., 4) xyxy from ``deltas`` (..., 4) and ``anchors`` broadcastable to it."""
-        deltas, anchors = deltas.float(), anchors.float()
+        deltas = deltas.float()
         wx, wy, ww, wh = self.weights
-        aw = anchors[..., 2] - anchors[..., 0]
-        ah = anchors[..., 3] - anchors[..., 1]
-        ax = anchors[..., 0] + 0.5 * aw
-        ay = anchors[..., 1] + 0.5 * ah
+        ax, ay, aw, ah = _centre_size(anchors.float())
         dx, dy = deltas[..., 0] / wx, deltas[..., 1] / wy
         dw = torch.clamp(deltas[..., 2] / ww, max=self.scale_clamp)
         dh = torch.clamp(deltas[..., 3] / wh, max=self.scale_clamp)

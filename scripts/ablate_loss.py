@@ -110,7 +110,7 @@ def table(results: dict) -> str:
 
     lines = ["| run | loss | AP | AP50 | final loss | diverged | paper AP |", "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        loss = "nan" if not math.isfinite(r["final_loss"]) else f"{r['final_loss']:.3f}"
+        loss = "–" if r["diverged"] or not math.isfinite(r["final_loss"]) else f"{r['final_loss']:.3f}"
         diverged = f"yes (iter {r['iterations']})" if r["diverged"] else "no"
         lines.append(f"| {name} | {RUNS[name][1]} | {num(r['AP'])} | {num(r['AP50'])} | {loss} | {diverged} | "
                      f"{RUNS[name][2]} |")
