@@ -4,12 +4,12 @@
 #   docker build -t retinanet .
 # Mount COCO at /data/coco (train2017/, val2017/, annotations/) and a folder for outputs, then:
 #   docker run --gpus all --shm-size 8g -v /path/to/coco:/data/coco:ro -v $PWD/output:/workspace/output retinanet \
-#       train --config configs/retinanet_R50_FPN_1x.yaml \
+#       train --config configs/coco/retinanet_R50_FPN_1x.yaml \
 #       data.train.images=/data/coco/train2017 data.train.annotations=/data/coco/annotations/instances_train2017.json \
 #       data.val.images=/data/coco/val2017 data.val.annotations=/data/coco/annotations/instances_val2017.json \
 #       train.output_dir=/workspace/output/r50_1x
 #   docker run --gpus all -v /path/to/coco:/data/coco:ro -v $PWD/output:/workspace/output retinanet \
-#       eval --config configs/retinanet_R50_FPN_1x.yaml --weights /workspace/output/r50_1x/model_final.pth \
+#       eval --config configs/coco/retinanet_R50_FPN_1x.yaml --weights /workspace/output/r50_1x/model_final.pth \
 #       data.val.images=/data/coco/val2017 data.val.annotations=/data/coco/annotations/instances_val2017.json \
 #       --output /workspace/output/r50_1x/eval
 #   docker run --gpus all -v $PWD/images:/images:ro -v $PWD/output:/workspace/output retinanet \
