@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import sys
 import time
@@ -83,10 +82,6 @@ def run_one(name: str, overrides: list[str], out: Path) -> dict:
     from retinanet.config import load_config
     from retinanet.engine.trainer import NonFiniteLossError, train
 
-    log = logging.getLogger("retinanet")
-    for h in list(log.handlers):  # the trainer sets up logging once; its log file must follow the run's folder
-        h.close()
-        log.removeHandler(h)
     start = time.perf_counter()
     diverged, metrics, note = False, {}, ""
     try:
