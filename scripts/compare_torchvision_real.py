@@ -12,7 +12,6 @@ and restored, at the config's test size, for evaluation. Prints a Markdown table
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -37,6 +36,7 @@ from retinanet.preprocess import read_image, to_float_tensor  # noqa: E402
 
 def build_torchvision_model(cfg, num_classes: int) -> TVRetinaNet:
     mb = torchvision.models.mobilenet_v2(weights=None, norm_layer=FrozenBatchNorm2d)
+    del mb.classifier  # detection uses the features only, like ours
     if cfg.model.backbone.weights:
         load_backbone_weights(mb, cfg.model.backbone.weights)
     for i in range(4):  # freeze_at=2: stem and the stride-4 stage, as in our config
@@ -105,6 +105,9 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=None, help="overrides solver.max_iter for both")
     p.add_argument("--output", default="output/compare_torchvision")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--only", choices=["ours", "torchvision"], default=None,
+                   help="train one side only (run the two in parallel processes); the table joins "
+                        "whatever results the output folder holds")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     if args.threads:
@@ -114,30 +117,29 @@ def main() -> None:
         overrides.append(f"solver.max_iter={args.iters}")
     cfg = load_config(args.config, overrides)
 
-    t0 = time.perf_counter()
-    ours = train(cfg)
-    ours_time = [json.loads(line) for line in Path(args.output, "ours", "metrics.jsonl").read_text().splitlines()]
-    ours_sec = sum(r["time_per_iter"] for r in ours_time if "time_per_iter" in r) / max(
-        1, sum(1 for r in ours_time if "time_per_iter" in r))
-    print(f"ours: {time.perf_counter() - t0:.0f} s total")
-
-    dataset = build_dataset(cfg, "train", train=True)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(dataset.categories)))
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
-    tv = build_torchvision_model(cfg, len(dataset.categories))
-    tv_sec = train_torchvision(cfg, dataset, tv, device)
-    theirs = evaluate_torchvision(cfg, tv, dataset.categories, device)
-
-    rows = [("ours", ours, ours_sec), ("torchvision", theirs, tv_sec)]
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.only in (None, "ours"):
+        ours = train(cfg)
+        records = [json.loads(line) for line in (out / "ours" / "metrics.jsonl").read_text().splitlines()]
+        times = [r["time_per_iter"] for r in records if "time_per_iter" in r]
+        (out / "ours.json").write_text(json.dumps({"metrics": ours, "s_per_iter": sum(times) / len(times)}))
+    if args.only in (None, "torchvision"):
+        dataset = build_dataset(cfg, "train", train=True)
+        device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
+        tv = build_torchvision_model(cfg, len(dataset.categories))
+        tv_sec = train_torchvision(cfg, dataset, tv, device)
+        theirs = evaluate_torchvision(cfg, tv, dataset.categories, device)
+        (out / "torchvision.json").write_text(json.dumps({"metrics": theirs, "s_per_iter": tv_sec}))
+    results = {n: json.loads((out / f"{n}.json").read_text()) for n in ("ours", "torchvision")
+               if (out / f"{n}.json").is_file()}
     table = ["| model | AP | AP50 | AP75 | s/iter |", "|---|---|---|---|---|"]
-    table += [f"| {n} | {m['AP']:.1f} | {m['AP50']:.1f} | {m['AP75']:.1f} | {s:.2f} |" for n, m, s in rows]
+    for name, r in results.items():
+        m = r["metrics"]
+        table.append(f"| {name} | {m['AP']:.1f} | {m['AP50']:.1f} | {m['AP75']:.1f} | {r['s_per_iter']:.2f} |")
     text = "\n".join(table)
     print(text)
-    Path(args.output).mkdir(parents=True, exist_ok=True)
-    Path(args.output, "comparison.md").write_text(f"config: {args.config}, iters {cfg.solver.max_iter}\n\n{text}\n")
-    Path(args.output, "comparison.json").write_text(json.dumps({"ours": ours, "torchvision": theirs,
-                                                                "ours_s_per_iter": ours_sec,
-                                                                "torchvision_s_per_iter": tv_sec}, indent=2))
+    (out / "comparison.md").write_text(f"config: {args.config}, iters {cfg.solver.max_iter}\n\n{text}\n")
 
 
 if __name__ == "__main__":

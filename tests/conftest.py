@@ -53,3 +53,20 @@ def shared_images(dataset: str, n: int) -> list[Path]:
         if len(picked) == n:
             break
     return picked
+
+
+def tiny_overrides(root: Path, out: Path, **extra) -> list[str]:
+    """``key=value`` overrides for a tiny, fast CPU training run on a generated dataset at ``root``."""
+    base = {
+        "model.backbone.name": "resnet18", "model.backbone.freeze_at": 0, "model.fpn.channels": 32,
+        "model.head.num_convs": 2, "model.anchors.sizes": "[16,32,64,128,256]",
+        "input.min_size_train": 128, "input.max_size_train": 160, "input.min_size_test": 128,
+        "input.max_size_test": 160, "solver.ims_per_batch": 2, "solver.base_lr": 0.01, "solver.max_iter": 6,
+        "solver.warmup_iters": 2, "solver.steps": "[]", "train.checkpoint_period": 3, "train.log_period": 1,
+        "train.device": "cpu", "train.vis_images": 0, "dataloader.num_workers": 0,
+        "data.train.images": str(root / "images"), "data.train.annotations": str(root / "annotations/train.json"),
+        "data.val.images": str(root / "images"), "data.val.annotations": str(root / "annotations/val.json"),
+        "train.output_dir": str(out),
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]

@@ -127,3 +127,13 @@ def test_base_chain(tmp_path):
     (tmp_path / "loop.yaml").write_text("_base_: loop.yaml\n")
     with pytest.raises(ConfigError, match="loops"):
         load_config(tmp_path / "loop.yaml")
+
+
+def test_named_choices_are_checked_at_load_time():
+    with pytest.raises(ConfigError, match=r"model.loss.cls_loss: 'focall' .*did you mean 'focal'"):
+        load_config(None, ["model.loss.cls_loss=focall"])
+    with pytest.raises(ConfigError, match=r"evaluation.backend: 'faster-coco-eval'.*'faster_coco_eval'"):
+        load_config(None, ["evaluation.backend=faster-coco-eval"])
+    with pytest.raises(ConfigError, match="model.backbone.name"):
+        load_config(None, ["model.backbone.name=vgg16"])
+    assert load_config(None, ["model.head.norm=gn"]).model.head.norm == "gn"
