@@ -12,6 +12,7 @@ and restored, at the config's test size, for evaluation. Prints a Markdown table
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 import torchvision
 from torchvision.models.detection import RetinaNet as TVRetinaNet
+from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -45,8 +47,13 @@ def build_torchvision_model(cfg, num_classes: int) -> TVRetinaNet:
     backbone = BackboneWithFPN(mb.features, {"6": "0", "13": "1", "18": "2"}, [32, 96, 1280],
                                cfg.model.fpn.channels, extra_blocks=LastLevelP6P7(cfg.model.fpn.channels,
                                                                                   cfg.model.fpn.channels))
+    if cfg.model.head.num_convs != 4:
+        raise ValueError("torchvision's RetinaNet head has 4 convs per tower: use model.head.num_convs=4")
+    norm = functools.partial(torch.nn.GroupNorm, 32) if cfg.model.head.norm == "gn" else None
+    head = RetinaNetHead(cfg.model.fpn.channels, 9, num_classes,  # prior probability 0.01, as ours
+                         norm_layer=norm)
     inp = cfg.input
-    return TVRetinaNet(backbone, num_classes, min_size=inp.min_size_test, max_size=inp.max_size_test,
+    return TVRetinaNet(backbone, num_classes, head=head, min_size=inp.min_size_test, max_size=inp.max_size_test,
                        image_mean=list(inp.pixel_mean), image_std=list(inp.pixel_std), detections_per_img=100)
 
 
