@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from ..config import Config, dump_config, to_dict
 from ..data.loader import build_dataset, build_train_loader
 from ..detector import Detector, resolve_device
@@ -149,7 +149,6 @@ class Trainer:
             log.info("--resume: no %s yet, starting from scratch", path)
             return
         ckpt = load_checkpoint(path)
-        from ..checkpoint import load_model_state
         load_model_state(self.model, ckpt["model"], source=str(path))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
