@@ -23,18 +23,21 @@ BACKENDS = ("pycocotools", "faster_coco_eval")
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
 
 
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON: {e}") from None
+
+
 def load_coco(annotations: Union[str, Path, dict, COCO]) -> COCO:
     """A pycocotools COCO from a JSON path, a dataset dict or a COCO (returned as is); quietly."""
     if isinstance(annotations, COCO):
         return annotations
     if isinstance(annotations, (str, Path)):
-        path = Path(annotations)
-        if not path.is_file():
-            raise FileNotFoundError(f"annotations file not found: {path}")
-        try:
-            annotations = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not valid JSON: {e}") from None
+        annotations = _read_json(Path(annotations), "annotations")
     if not isinstance(annotations, dict) or "images" not in annotations:
         raise ValueError("COCO annotations must be a mapping with 'images', 'annotations' and 'categories'")
     coco = COCO()
@@ -172,12 +175,7 @@ def evaluate_results_file(results_json: Union[str, Path], annotations_json: Unio
     every image of the annotations."""
     _eval_class(backend)
     path = Path(results_json)
-    if not path.is_file():
-        raise FileNotFoundError(f"results file not found: {path}")
-    try:
-        results = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from None
+    results = _read_json(path, "results")
     if not isinstance(results, list):
         raise ValueError(f"{path}: expected a JSON list of COCO results, got {type(results).__name__}")
     for i, r in enumerate(results):
