@@ -31,9 +31,11 @@ def _weights(path: Path) -> dict:
 def test_training_runs_writes_outputs_and_loss_decreases(data_root, tmp_path):
     out = tmp_path / "run"
     cfg = load_config(None, tiny_overrides(data_root, out, **{"solver.max_iter": 30, "train.checkpoint_period": 10,
-                                                              "train.keep_last": 2, "solver.base_lr": 0.02}))
+                                                              "train.keep_last": 2, "solver.base_lr": 0.02,
+                                                              "train.vis_images": 1}))
     metrics = train(cfg)
     assert (out / "config.yaml").is_file() and (out / "model_final.pth").is_file()
+    assert len(list((out / "predictions").glob("*.jpg"))) == 1  # the final evaluation draws val images
     assert (out / "checkpoints/last.pth").is_file()
     assert sorted(p.name for p in (out / "checkpoints").glob("model_*.pth")) == ["model_0000010.pth",
                                                                                 "model_0000020.pth"]

@@ -189,8 +189,9 @@ class Trainer:
 
         from ..preprocess import read_image
         from ..visualize import draw_detections
-        info = json.loads(Path(self.cfg.data.val.annotations).read_text())["images"][:n]
-        for i, im in enumerate(info):
+        if not hasattr(self, "_vis_info"):  # the val JSON can be large: read it once per run
+            self._vis_info = json.loads(Path(self.cfg.data.val.annotations).read_text())["images"][:n]
+        for i, im in enumerate(self._vis_info):
             try:
                 image = read_image(Path(self.cfg.data.val.images) / im["file_name"])
             except OSError:
