@@ -1,13 +1,14 @@
 #!/usr/bin/env python
-"""Class-loss ablation: the same detector, budget and seed under each loss of the paper's table 1.
+"""Class-loss ablation: the same detector, budget and seeds under each loss of the paper's table 1.
 
     python scripts/ablate_loss.py --data ../shared/data/raccoon \\
         --weights ../shared/weights/mobilenet_v2_imagenet_features.pth --iters 200 --output output/ablate_loss
 
 ``--data`` is a COCO-format folder with images/ and annotations/{train,val}.json. Every run trains
 in this process with ``retinanet.engine.trainer.train`` (its own folder under --output: config,
-metrics.jsonl, TensorBoard, model_final.pth), then is evaluated on the val split. A run stopped by
-a NaN/Inf loss counts as diverged. Prints a Markdown table and writes results.md / results.json.
+metrics.jsonl, TensorBoard, model_final.pth; one per seed: NAME/seedS), then is evaluated on the
+val split. A run stopped by a NaN/Inf loss counts as diverged; AP and loss are means over the seeds
+that did not diverge (± the sample std over seeds). Prints a Markdown table and writes results.md / results.json.
 Trailing ``key=value`` arguments override the config of every run.
 """
 from __future__ import annotations
@@ -46,7 +47,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--min-size", type=int, default=320, help="short side for train and test (default 320)")
     p.add_argument("--backbone", default="mobilenet_v2", help="backbone name (default mobilenet_v2)")
     p.add_argument("--weights", default="", help="ImageNet backbone state dict (default: random init)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--head-norm", default="gn", help="class/box tower norm: gn (default) or '' (paper: none)")
+    p.add_argument("--clip", type=float, default=10.0, help="gradient-norm clip, 0 = off (default 10)")
+    p.add_argument("--seeds", default="42", help="comma-separated seeds; each run is repeated per seed (default 42)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     p.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(RUNS)}")
@@ -65,11 +68,14 @@ def base_overrides(args: argparse.Namespace) -> dict:
     return {
         "model.backbone.name": args.backbone, "model.backbone.weights": args.weights,
         "model.backbone.freeze_at": 2 if args.weights else 0, "model.fpn.channels": 128,
+        # Without GN and clipping, a 300-iteration CPU budget at batch 4 left most CE-type runs diverged
+        # and the rest without detections: the ablation would compare noise.
+        "model.head.norm": args.head_norm, "solver.clip_grad_norm": args.clip,
         "input.min_size_train": args.min_size, "input.max_size_train": args.min_size * 8 // 5,
         "input.min_size_test": args.min_size, "input.max_size_test": args.min_size * 8 // 5,
         "solver.ims_per_batch": args.batch, "solver.base_lr": args.lr, "solver.max_iter": args.iters,
         "solver.warmup_iters": warmup, "solver.steps": f"[{int(args.iters * 0.75)}]",
-        "train.seed": args.seed, "train.device": args.device, "train.log_period": 1,
+        "train.device": args.device, "train.log_period": 1,
         "train.checkpoint_period": 0, "train.eval_period": 0, "train.vis_images": 0,
         "dataloader.num_workers": 0,
         "data.train.images": str(data / "images"), "data.train.annotations": str(data / "annotations/train.json"),
@@ -99,16 +105,33 @@ def run_one(name: str, overrides: list[str], out: Path) -> dict:
             "diverged": diverged, "iterations": len(losses), "seconds": time.perf_counter() - start, "note": note}
 
 
+def summarize(per_seed: dict[int, dict]) -> dict:
+    """Mean over the seeds that trained; ``diverged`` counts the seeds that did not."""
+    ok = [r for r in per_seed.values() if not r["diverged"]]
+
+    def mean(key: str) -> float:
+        return sum(r[key] for r in ok) / len(ok) if ok else math.nan
+
+    ap = mean("AP")
+    ap_std = math.sqrt(sum((r["AP"] - ap) ** 2 for r in ok) / (len(ok) - 1)) if len(ok) > 1 else math.nan
+    return {"AP": ap, "AP_std": ap_std, "AP50": mean("AP50"), "final_loss": mean("final_loss"),
+            "diverged": len(per_seed) - len(ok), "runs": len(per_seed),
+            "diverged_at": [r["iterations"] for r in per_seed.values() if r["diverged"]],
+            "seconds": sum(r["seconds"] for r in per_seed.values()), "seeds": per_seed}
+
+
 def table(results: dict) -> str:
     def num(v: float) -> str:
         return "–" if not math.isfinite(v) else f"{v:.1f}"
 
     lines = ["| run | loss | AP | AP50 | final loss | diverged | paper AP |", "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        loss = "–" if r["diverged"] or not math.isfinite(r["final_loss"]) else f"{r['final_loss']:.3f}"
-        diverged = f"yes (iter {r['iterations']})" if r["diverged"] else "no"
-        lines.append(f"| {name} | {RUNS[name][1]} | {num(r['AP'])} | {num(r['AP50'])} | {loss} | {diverged} | "
-                     f"{RUNS[name][2]} |")
+        ap = num(r["AP"]) + (f" ± {r['AP_std']:.1f}" if math.isfinite(r["AP_std"]) else "")
+        loss = "–" if not math.isfinite(r["final_loss"]) else f"{r['final_loss']:.3f}"
+        diverged = f"{r['diverged']}/{r['runs']}"
+        if r["diverged"]:
+            diverged += f" (iter {', '.join(map(str, r['diverged_at']))})"
+        lines.append(f"| {name} | {RUNS[name][1]} | {ap} | {num(r['AP50'])} | {loss} | {diverged} | {RUNS[name][2]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -124,20 +147,25 @@ def main(argv: list[str]) -> int:
     base = [f"{k}={v}" for k, v in base_overrides(args).items()] + list(args.overrides)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
     results = {}
     for name in names:
-        run_dir = out / name
-        cached = run_dir / "result.json"
-        if args.reuse and cached.is_file():
-            results[name] = json.loads(cached.read_text())
-        else:
-            print(f"== {name}: {RUNS[name][1]}", flush=True)
-            results[name] = run_one(name, base + [f"{k}={v}" for k, v in RUNS[name][0].items()], run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            cached.write_text(json.dumps(results[name], indent=2))
-        r = results[name]
-        print(f"   {name}: AP {r['AP']:.1f}, AP50 {r['AP50']:.1f}, final loss {r['final_loss']:.3f}, "
-              f"diverged {r['diverged']}, {r['seconds']:.0f} s", flush=True)
+        per_seed = {}
+        for seed in seeds:
+            run_dir = out / name / f"seed{seed}"
+            cached = run_dir / "result.json"
+            if args.reuse and cached.is_file():
+                per_seed[seed] = json.loads(cached.read_text())
+            else:
+                print(f"== {name}, seed {seed}: {RUNS[name][1]}", flush=True)
+                overrides = base + [f"{k}={v}" for k, v in RUNS[name][0].items()] + [f"train.seed={seed}"]
+                per_seed[seed] = run_one(name, overrides, run_dir)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                cached.write_text(json.dumps(per_seed[seed], indent=2))
+            r = per_seed[seed]
+            print(f"   {name}, seed {seed}: AP {r['AP']:.1f}, AP50 {r['AP50']:.1f}, final loss "
+                  f"{r['final_loss']:.3f}, diverged {r['diverged']}, {r['seconds']:.0f} s", flush=True)
+        results[name] = summarize(per_seed)
     md = table(results)
     (out / "results.md").write_text(md)
     (out / "results.json").write_text(json.dumps(results, indent=2))

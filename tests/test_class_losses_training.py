@@ -82,7 +82,8 @@ def test_ablation_runner_subset_writes_table(data_root, tmp_path):
         "input.max_size_train": 160, "input.min_size_test": 128, "input.max_size_test": 160,
         "solver.ims_per_batch": 2}.items()]
     proc = subprocess.run([sys.executable, str(REPO / "scripts/ablate_loss.py"), "--data", str(data_root),
-                           "--iters", "2", "--only", "ce_no_prior,fl_g2", "--threads", "1", "--output", str(out),
+                           "--iters", "2", "--only", "ce_no_prior,fl_g2", "--seeds", "3,4", "--threads", "1",
+                           "--output", str(out),
                            *extra], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = (out / "results.md").read_text()
@@ -92,10 +93,16 @@ def test_ablation_runner_subset_writes_table(data_root, tmp_path):
     assert any(line.startswith("| ce_no_prior |") for line in lines)
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"ce_no_prior", "fl_g2"}
-    for r in results.values():
-        assert set(r) >= {"AP", "AP50", "final_loss", "diverged", "seconds"}
-        assert r["diverged"] or (math.isfinite(r["final_loss"]) and 0 <= r["AP"] <= 100)
-    assert (out / "fl_g2" / "metrics.jsonl").is_file()
+    for name, r in results.items():
+        assert set(r) >= {"AP", "AP_std", "AP50", "final_loss", "diverged", "seconds"}
+        assert r["runs"] == 2 and set(r["seeds"]) == {"3", "4"}
+        assert r["diverged"] == 2 or (math.isfinite(r["final_loss"]) and 0 <= r["AP"] <= 100)
+        assert any(line.startswith(f"| {name} |") and f"| {r['diverged']}/2" in line for line in lines)
+        trained = [s for s in r["seeds"].values() if not s["diverged"]]
+        if trained:  # the summary is the mean over the seeds that trained
+            assert r["AP"] == pytest.approx(sum(s["AP"] for s in trained) / len(trained))
+    for seed in (3, 4):
+        assert (out / "fl_g2" / f"seed{seed}" / "metrics.jsonl").is_file()
     bad = subprocess.run([sys.executable, str(REPO / "scripts/ablate_loss.py"), "--data", str(data_root),
                           "--only", "nope"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "nope" in bad.stderr
