@@ -71,8 +71,9 @@ class LossConfig:
     gamma_end: float = 2.0
     gamma_steps: tuple[int, ...] = ()  # step schedule: iterations at which gamma changes
     gamma_values: tuple[float, ...] = ()  # step schedule: gamma before the first step, after each
-    box_loss: str = "smooth_l1"  # smooth_l1 | l1 | giou
-    smooth_l1_beta: float = 0.1  # Detectron2 default; 0 is L1
+    # l1: Detectron2's RetinaNet configs (SMOOTH_L1_LOSS_BETA 0), MMDetection and torchvision v1.
+    box_loss: str = "l1"  # l1 | smooth_l1 | giou (torchvision v2)
+    smooth_l1_beta: float = 0.1  # smooth_l1 only (the paper's Detectron: 0.11); 0 is L1
     box_weight: float = 1.0
     normalize: str = "batch"  # batch | ema | image (torchvision)
     ema_momentum: float = 0.9

@@ -28,7 +28,7 @@ class RetinaNetLoss(nn.Module):
     """
 
     def __init__(self, num_classes: int, matcher: Matcher, box_coder: BoxCoder, cls_loss: str = "focal",
-                 alpha: float = 0.25, gamma: float = 2.0, beta: float = 1.0, box_loss: str = "smooth_l1",
+                 alpha: float = 0.25, gamma: float = 2.0, beta: float = 1.0, box_loss: str = "l1",
                  smooth_l1_beta: float = 0.1, box_weight: float = 1.0, normalize: str = "batch",
                  ema_momentum: float = 0.9):
         super().__init__()

@@ -134,6 +134,7 @@ def main() -> None:
     if args.only in (None, "torchvision"):
         dataset = build_dataset(cfg, "train", train=True)
         device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
+        torch.manual_seed(cfg.train.seed)  # the seed draws torchvision's initial weights too, as ours
         tv = build_torchvision_model(cfg, len(dataset.categories))
         tv_sec = train_torchvision(cfg, dataset, tv, device)
         theirs = evaluate_torchvision(cfg, tv, dataset.categories, device)
