@@ -97,11 +97,9 @@ def _hand_setup():
     one_hot[0, 0, 2] = one_hot[1, 1, 0] = one_hot[1, 2, 3] = 1
     cls = torchvision.ops.sigmoid_focal_loss(out.cls_logits, one_hot).sum(dim=(1, 2))  # per image
     coder = BoxCoder()
-    box = torch.stack([
-        torch.nn.functional.smooth_l1_loss(out.box_deltas[0, :1], coder.encode(anchors[:1], targets[0]["boxes"]),
-                                           beta=0.1, reduction="sum"),
-        torch.nn.functional.smooth_l1_loss(out.box_deltas[1, 1:3], coder.encode(anchors[1:3], targets[1]["boxes"]),
-                                           beta=0.1, reduction="sum"),
+    box = torch.stack([  # L1, the default box loss
+        (out.box_deltas[0, :1] - coder.encode(anchors[:1], targets[0]["boxes"])).abs().sum(),
+        (out.box_deltas[1, 1:3] - coder.encode(anchors[1:3], targets[1]["boxes"])).abs().sum(),
     ])
     return out, targets, cls, box, torch.tensor([1.0, 2.0])
 
@@ -116,6 +114,20 @@ def test_batch_and_image_normalisation_by_hand():
     torch.testing.assert_close(image["loss_box"], (box / num_fg).mean())
     weighted = _criterion(normalize="batch", box_weight=2.5)(out, targets)
     torch.testing.assert_close(weighted["loss_box"], 2.5 * box.sum() / 3)
+
+
+def test_smooth_l1_box_loss_by_hand():
+    out, targets, _, _, _ = _hand_setup()
+    coder = BoxCoder()
+    pred = torch.cat([out.box_deltas[0, :1], out.box_deltas[1, 1:3]])
+    target = torch.cat([coder.encode(out.anchors[:1], targets[0]["boxes"]),
+                        coder.encode(out.anchors[1:3], targets[1]["boxes"])])
+    for beta in (0.1, 0.5):
+        got = _criterion(box_loss="smooth_l1", smooth_l1_beta=beta)(out, targets)["loss_box"]
+        diff = (pred - target).abs()
+        expected = torch.where(diff < beta, 0.5 * diff ** 2 / beta, diff - 0.5 * beta).sum() / 3
+        torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, _criterion()(out, targets)["loss_box"])  # differs from the L1 default
 
 
 def test_ema_normaliser():
