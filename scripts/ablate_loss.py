@@ -35,6 +35,13 @@ RUNS: dict[str, tuple[dict, str, str]] = {
                       "FL* γ=4, β=0", "33.9"),
     "fl_sched_4_1": ({"model.loss.alpha": 0.25, "model.loss.gamma_schedule": "linear", "model.loss.gamma_start": 4.0,
                       "model.loss.gamma_end": 1.0}, "FL, γ linear 4→1, α=.25", "–"),
+    # The same without gradient clipping: does the loss (and the prior) keep training stable on its own?
+    "ce_prior_noclip": ({"model.loss.cls_loss": "bce", "solver.clip_grad_norm": 0}, "CE, prior init, no clipping",
+                        "30.2 (α=.5)"),
+    "ce_no_prior_noclip": ({"model.loss.cls_loss": "bce", "model.head.prior_init": False, "solver.clip_grad_norm": 0},
+                           "CE, no prior init, no clipping", "diverges"),
+    "fl_g2_noclip": ({"model.loss.gamma": 2.0, "model.loss.alpha": 0.25, "solver.clip_grad_norm": 0},
+                     "FL γ=2, α=.25, no clipping", "34.0"),
 }
 
 
