@@ -8,7 +8,8 @@
 in this process with ``retinanet.engine.trainer.train`` (its own folder under --output: config,
 metrics.jsonl, TensorBoard, model_final.pth; one per seed: NAME/seedS), then is evaluated on the
 val split. A run stopped by a NaN/Inf loss counts as diverged; AP and loss are means over the seeds
-that did not diverge (± the sample std over seeds). Prints a Markdown table and writes results.md / results.json.
+that did not diverge (± the sample std over seeds). Prints a Markdown table and writes results.md
+and results.json.
 Trailing ``key=value`` arguments override the config of every run.
 """
 from __future__ import annotations
@@ -138,7 +139,8 @@ def table(results: dict) -> str:
         diverged = f"{r['diverged']}/{r['runs']}"
         if r["diverged"]:
             diverged += f" (iter {', '.join(map(str, r['diverged_at']))})"
-        lines.append(f"| {name} | {RUNS[name][1]} | {ap} | {num(r['AP50'])} | {loss} | {diverged} | {RUNS[name][2]} |")
+        lines.append(f"| {name} | {RUNS[name][1]} | {ap} | {num(r['AP50'])} | {loss} | {diverged} | "
+                     f"{RUNS[name][2]} |")
     return "\n".join(lines) + "\n"
 
 

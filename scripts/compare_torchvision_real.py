@@ -64,7 +64,8 @@ def build_torchvision_model(cfg, num_classes: int) -> TVRetinaNet:
     anchors = AnchorGenerator(tuple(tuple(int(size * sc) for sc in a.scales) for size in a.sizes),
                               (tuple(a.ratios),) * len(a.sizes))
     return TVRetinaNet(backbone, num_classes, head=head, anchor_generator=anchors, min_size=inp.min_size_test,
-                       max_size=inp.max_size_test, image_mean=list(inp.pixel_mean), image_std=list(inp.pixel_std), detections_per_img=100)
+                       max_size=inp.max_size_test, image_mean=list(inp.pixel_mean), image_std=list(inp.pixel_std),
+                       detections_per_img=100)
 
 
 def train_torchvision(cfg, dataset, model: TVRetinaNet, device: torch.device) -> float:
@@ -123,7 +124,7 @@ METRICS = ("AP", "AP50", "AP75")
 def run_side(cfg, side: str, run_dir: Path) -> dict:
     """Trains and evaluates one side in ``run_dir``; returns {"metrics", "s_per_iter"}."""
     if side == "ours":
-        metrics = train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output_dir=str(run_dir / "ours"))))
+        metrics = train(cfg, output_dir=str(run_dir / "ours"))
         records = [json.loads(line) for line in (run_dir / "ours" / "metrics.jsonl").read_text().splitlines()]
         times = [r["time_per_iter"] for r in records if "time_per_iter" in r]
         return {"metrics": metrics, "s_per_iter": sum(times) / len(times)}
@@ -135,7 +136,7 @@ def run_side(cfg, side: str, run_dir: Path) -> dict:
     return {"metrics": evaluate_torchvision(cfg, tv, dataset.categories, device), "s_per_iter": seconds}
 
 
-def summary_table(results: dict[int, dict[str, dict]]) -> str:
+def summary_table(results: dict[str, dict[str, dict]]) -> str:
     """Per-seed rows, then the mean ± sample std over seeds that have both sides, and their paired difference."""
     cols = [f"{side} {m}" for m in METRICS for side in SIDES] + [f"{side} s/iter" for side in SIDES]
     lines = ["| seed | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
@@ -169,7 +170,8 @@ def main() -> None:
     p.add_argument("--config", required=True)
     p.add_argument("--iters", type=int, default=None, help="overrides solver.max_iter for both")
     p.add_argument("--output", default="output/compare_torchvision")
-    p.add_argument("--seeds", default="", help="comma-separated seeds (default: train.seed); seed S runs in OUTPUT/seedS")
+    p.add_argument("--seeds", default="",
+                   help="comma-separated seeds (default: train.seed); seed S runs in OUTPUT/seedS")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--only", choices=SIDES, default=None,
                    help="train one side only (run the two in parallel processes); the table joins "
@@ -194,7 +196,7 @@ def main() -> None:
             if not (args.reuse and (run_dir / f"{side}.json").is_file()):
                 (run_dir / f"{side}.json").write_text(json.dumps(run_side(seed_cfg, side, run_dir)))
     results = {}
-    for run_dir in sorted(out.glob("seed*"), key=lambda d: d.name):
+    for run_dir in sorted((d for d in out.glob("seed*") if d.name[4:].isdigit()), key=lambda d: int(d.name[4:])):
         sides = {side: json.loads((run_dir / f"{side}.json").read_text()) for side in SIDES
                  if (run_dir / f"{side}.json").is_file()}
         if sides:

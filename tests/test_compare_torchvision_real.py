@@ -16,7 +16,8 @@ def test_two_seeds_both_sides_table_and_reuse(tmp_path):
     # A random-weights MobileNetV2 at toy size: this checks the plumbing, not the accuracy.
     overrides = [f"{k}={v}" for k, v in {
         "model.backbone.name": "mobilenet_v2", "model.backbone.weights": "", "model.backbone.freeze_at": 0,
-        "model.fpn.channels": 32, "model.head.norm": "gn", "model.head.num_convs": 4, "model.anchors.sizes": "[16,32,64,128,256]",
+        "model.fpn.channels": 32, "model.head.norm": "gn", "model.head.num_convs": 4,
+        "model.anchors.sizes": "[16,32,64,128,256]",
         "input.min_size_train": 128, "input.max_size_train": 160, "input.min_size_test": 128,
         "input.max_size_test": 160, "solver.ims_per_batch": 2, "solver.warmup_iters": 1, "solver.steps": "[]",
         "train.device": "cpu", "train.checkpoint_period": 0, "train.vis_images": 0, "train.log_period": 1,
