@@ -1,7 +1,9 @@
 """RetinaNet (Lin et al., "Focal Loss for Dense Object Detection") in PyTorch."""
-from .config import Config, ConfigError, load_config
+from .build import build_criterion, build_model, build_postprocessor
+from .config import Config, ConfigError
+from .config_loader import load_config
 from .detector import Detector
-from .model import RetinaNet, build_criterion, build_model, build_postprocessor
+from .model import RetinaNet
 
 __version__ = "0.1.0"
 __all__ = ["Config", "ConfigError", "Detector", "RetinaNet", "build_criterion", "build_model",

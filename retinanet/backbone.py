@@ -15,14 +15,15 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 BACKBONES = RESNETS + ("mobilenet_v2",)
+NORMS = ("frozen_bn", "bn", "syncbn")
 
 
 def _norm_layer(norm: str) -> Callable[..., nn.Module]:
     if norm == "frozen_bn":
         return FrozenBatchNorm2d
-    if norm in ("bn", "syncbn"):  # syncbn: BatchNorm2d converted by the trainer under DDP
+    if norm in ("bn", "syncbn"):  # syncbn: the trainer converts BatchNorm2d to SyncBatchNorm under DDP
         return nn.BatchNorm2d
-    raise ValueError(f"model.backbone.norm: unknown norm {norm!r}; expected frozen_bn, bn or syncbn")
+    raise ValueError(f"model.backbone.norm: unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
 
 
 class ResNetBackbone(nn.Module):

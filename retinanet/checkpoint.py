@@ -10,7 +10,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -126,16 +126,3 @@ def load_model_state(model: nn.Module, state: dict, source: str = "checkpoint") 
             hint = " The class layer differs: the checkpoint was trained for another number of classes."
         raise CheckpointError(f"{source} does not fit this model: " + "; ".join(parts) + "." + hint)
     model.load_state_dict(state)
-
-
-def categories_from(ckpt: dict, num_classes: int, category_ids: tuple = (), class_names: tuple = ()) -> list[dict]:
-    """The label -> (category id, name) mapping: the checkpoint's, else the config's, else identity."""
-    cats: Optional[list] = ckpt.get("categories")
-    if cats:
-        return [{"id": int(c["id"]), "name": str(c["name"])} for c in cats]
-    ids = list(category_ids) or list(range(num_classes))
-    names = list(class_names) or [f"class_{i}" for i in ids]
-    if len(ids) != num_classes or len(names) != num_classes:
-        raise ValueError(f"model.category_ids ({len(ids)}) and model.class_names ({len(names)}) must both have "
-                         f"model.num_classes ({num_classes}) entries")
-    return [{"id": int(i), "name": str(n)} for i, n in zip(ids, names)]

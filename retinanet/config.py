@@ -1,20 +1,13 @@
-"""Typed configuration: frozen dataclasses are the schema and the defaults; YAML only overrides.
+"""The config schema: frozen dataclasses hold every setting and its default; ``validate`` checks values.
 
-Defaults follow the paper and Detectron2 (see DESIGN.md section 2). Every value read from YAML or
-from a ``key.sub=value`` override is type-checked, and an unknown key is an error that names the
-key and suggests the closest valid one.
+Defaults follow the paper and Detectron2 (RetinaNet R50-FPN 1x). Reading YAML files and
+``key.sub=value`` overrides into these classes is ``config_loader``'s job.
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Union
-
-import yaml
 
 
 class ConfigError(ValueError):
@@ -25,7 +18,7 @@ class ConfigError(ValueError):
 class BackboneConfig:
     name: str = "resnet50"  # resnet18/34/50/101/152 or mobilenet_v2
     weights: str = ""  # a local state-dict file, a torchvision weights name, or "" (random init)
-    norm: str = "frozen_bn"  # frozen_bn | bn | syncbn
+    norm: str = "frozen_bn"  # frozen_bn | bn | syncbn (BatchNorm synchronised across processes under DDP)
     freeze_at: int = 2  # 0: nothing frozen, 1: stem, 2: stem + res2, ... (Detectron2 semantics)
 
 
@@ -63,14 +56,15 @@ class MatcherConfig:
 class LossConfig:
     cls_loss: str = "focal"  # focal | focal_star | bce | alpha_bce
     alpha: float = 0.25  # < 0 disables alpha weighting
+    # Focal gamma at iteration 0. gamma_schedule decides how it moves (schedules.gamma_at):
+    # constant; linear or cosine from gamma to gamma_end over training; step: gamma_values[i] from
+    # iteration gamma_steps[i] on.
     gamma: float = 2.0
-    beta: float = 1.0  # FL* shift
-    # Gamma schedule: constant | linear | cosine | step. gamma_start -> gamma_end over training.
     gamma_schedule: str = "constant"
-    gamma_start: float = 2.0
     gamma_end: float = 2.0
-    gamma_steps: tuple[int, ...] = ()  # step schedule: iterations at which gamma changes
-    gamma_values: tuple[float, ...] = ()  # step schedule: gamma before the first step, after each
+    gamma_steps: tuple[int, ...] = ()
+    gamma_values: tuple[float, ...] = ()
+    beta: float = 1.0  # FL* shift
     # l1: Detectron2's RetinaNet configs (SMOOTH_L1_LOSS_BETA 0), MMDetection and torchvision v1.
     box_loss: str = "l1"  # l1 | smooth_l1 | giou (torchvision v2)
     smooth_l1_beta: float = 0.1  # smooth_l1 only (the paper's Detectron: 0.11); 0 is L1
@@ -162,7 +156,6 @@ class TrainConfig:
     eval_period: int = 0  # 0: only at the end
     log_period: int = 20
     skip_nonfinite: bool = False  # True: skip a step with a NaN/Inf loss instead of stopping
-    sync_bn: bool = False
     vis_images: int = 4  # val images drawn to TensorBoard after each evaluation
 
 
@@ -185,185 +178,57 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
-# ---------------------------------------------------------------------------------------------
-# Typed merging
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or holds a value that is not allowed."""
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+def _choices() -> dict[str, tuple]:
+    """Keys whose value is one of a few names, with the list owned by the code that uses them."""
+    from .backbone import BACKBONES, NORMS
+    from .criterion import BOX_LOSSES, NORMALIZERS
+    from .engine.amp import AMP_MODES
+    from .evaluation.coco_evaluator import BACKENDS
+    from .fpn import P6_SOURCES
+    from .head import HEAD_NORMS
+    from .losses import CLASS_LOSSES
+    from .schedules import GAMMA_SCHEDULES
+    return {"model.backbone.name": BACKBONES, "model.backbone.norm": NORMS, "model.fpn.p6_from": P6_SOURCES,
+            "model.head.norm": HEAD_NORMS, "model.loss.cls_loss": tuple(CLASS_LOSSES),
+            "model.loss.box_loss": BOX_LOSSES, "model.loss.normalize": NORMALIZERS,
+            "model.loss.gamma_schedule": GAMMA_SCHEDULES, "train.amp": tuple(AMP_MODES),
+            "evaluation.backend": BACKENDS}
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Checks ``value`` against the annotation ``tp`` and returns it in canonical form."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(tp):
-            if option is type(None):
-                if value is None:
-                    return None
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}: {value!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return _merge(tp(), value, key + ".")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-        if value is None:
-            return ""
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-
-
-def _merge(obj: Any, updates: dict, prefix: str = "") -> Any:
-    hints = typing.get_type_hints(type(obj))
-    changes = {}
-    for name, value in updates.items():
-        if name not in hints:
-            close = difflib.get_close_matches(str(name), list(hints), n=1, cutoff=0.5)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(hints)}"
-            raise ConfigError(f"unknown config key '{prefix}{name}'{hint}")
-        current = getattr(obj, name)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{prefix}{name}: expected a mapping, got {value!r}")
-            changes[name] = _merge(current, value, f"{prefix}{name}.")
-        else:
-            changes[name] = _coerce(value, hints[name], f"{prefix}{name}")
-    return dataclasses.replace(obj, **changes)
-
-
-def merge_dict(cfg: Config, updates: dict) -> Config:
-    """Returns ``cfg`` with the nested mapping ``updates`` applied and type-checked."""
-    if not isinstance(updates, dict):
-        raise ConfigError(f"a config must be a mapping at the top level, got {type(updates).__name__}")
-    return _merge(cfg, updates)
-
-
-def parse_overrides(overrides: list[str]) -> dict:
-    """Turns ``["model.num_classes=3", "solver.steps=[10,20]"]`` into a nested mapping."""
-    tree: dict = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key.sub=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override '{item}': cannot parse value: {e}") from None
-        node = tree
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override '{item}' conflicts with another override")
-        node[parts[-1]] = value
-    return tree
-
-
-# Keys whose value is one of a few names: checked when a config is loaded, not deep inside a run.
-CHOICES = {
-    "model.backbone.name": ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2"),
-    "model.backbone.norm": ("frozen_bn", "bn", "syncbn"),
-    "model.fpn.p6_from": ("c5", "p5"),
-    "model.head.norm": ("", "gn"),
-    "model.loss.cls_loss": ("focal", "focal_star", "bce", "alpha_bce"),
-    "model.loss.box_loss": ("smooth_l1", "l1", "giou"),
-    "model.loss.normalize": ("batch", "ema", "image"),
-    "model.loss.gamma_schedule": ("constant", "linear", "cosine", "step"),
-    "train.amp": ("", "fp16", "bf16"),
-    "evaluation.backend": ("pycocotools", "faster_coco_eval"),
-}
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def validate(cfg: Config) -> Config:
-    """Checks the named-choice keys; returns ``cfg`` unchanged."""
-    for key, allowed in CHOICES.items():
-        value: Any = cfg
-        for part in key.split("."):
-            value = getattr(value, part)
+    """Checks named choices and the values a run cannot start with; returns ``cfg`` unchanged.
+    Runs when a config is loaded, so that a bad value fails before any work, not deep inside a run."""
+    for key, allowed in _choices().items():
+        value = _get(cfg, key)
         if value not in allowed:
             close = difflib.get_close_matches(str(value), [a for a in allowed if a], n=1, cutoff=0.5)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(a) for a in allowed)}{hint}")
+    s, loss = cfg.solver, cfg.model.loss
+    problems = []
+    if s.max_iter <= 0:
+        problems.append(f"solver.max_iter must be > 0, got {s.max_iter}")
+    if any(b <= a for a, b in zip(s.steps, s.steps[1:])):
+        problems.append(f"solver.steps must be strictly increasing, got {list(s.steps)}")
+    if s.warmup_iters < 0:
+        problems.append(f"solver.warmup_iters must be >= 0, got {s.warmup_iters}")
+    if s.ims_per_batch < 1:
+        problems.append(f"solver.ims_per_batch must be >= 1, got {s.ims_per_batch}")
+    if cfg.dataloader.num_workers < 0:
+        problems.append(f"dataloader.num_workers must be >= 0, got {cfg.dataloader.num_workers}")
+    if loss.gamma_schedule == "step" and len(loss.gamma_values) != len(loss.gamma_steps):
+        problems.append(f"model.loss.gamma_values needs one value per entry of gamma_steps "
+                        f"({len(loss.gamma_values)} vs {len(loss.gamma_steps)}); gamma holds the value before the first")
+    if problems:
+        raise ConfigError("; ".join(problems))
     return cfg
-
-
-def load_config(path: Optional[Union[str, Path]] = None, overrides: Optional[list[str]] = None) -> Config:
-    """Reads defaults, then the YAML file (with optional ``_base_`` chain), then ``key=value`` overrides."""
-    cfg = Config()
-    if path:
-        cfg = merge_dict(cfg, _read_yaml_chain(Path(path)))
-    if overrides:
-        cfg = merge_dict(cfg, parse_overrides(overrides))
-    return validate(cfg)
-
-
-def _read_yaml_chain(path: Path, seen: tuple = ()) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    if path.resolve() in seen:
-        raise ConfigError(f"{path}: _base_ chain loops")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    base = data.pop("_base_", None)
-    if base:
-        merged = _read_yaml_chain(path.parent / base, seen + (path.resolve(),))
-        _deep_update(merged, data)
-        return merged
-    return data
-
-
-def _deep_update(dst: dict, src: dict) -> None:
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _deep_update(dst[k], v)
-        else:
-            dst[k] = v
-
-
-def to_dict(cfg: Any) -> Any:
-    """Plain nested dict/list form, as written to YAML and stored in checkpoints."""
-    if dataclasses.is_dataclass(cfg):
-        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
-    if isinstance(cfg, (list, tuple)):
-        return [to_dict(v) for v in cfg]
-    return cfg
-
-
-def dump_config(cfg: Config, path: Optional[Union[str, Path]] = None) -> str:
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-    if path is not None:
-        Path(path).write_text(text)
-    return text
-
-
-def from_dict(data: dict) -> Config:
-    return merge_dict(Config(), data)

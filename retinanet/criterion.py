@@ -1,18 +1,20 @@
 """Training loss: match anchors per image, then class and box losses vectorised over the batch."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.ops import generalized_box_iou_loss
 
 from .box_coder import BoxCoder
 from .losses import CLASS_LOSSES, box_regression_loss, classification_loss
 from .matcher import IGNORE, Matcher
+from .outputs import DenseOutputs
 
 NORMALIZERS = ("batch", "ema", "image")
+# l1 and smooth_l1 on (dx, dy, dw, dh) deltas; giou on decoded boxes (torchvision v2).
+BOX_LOSSES = ("l1", "smooth_l1", "giou")
 
 
 class RetinaNetLoss(nn.Module):
@@ -24,22 +26,20 @@ class RetinaNetLoss(nn.Module):
       * ``ema``: Detectron2's running mean of that count (momentum ``ema_momentum``, starts at 100).
       * ``image``: torchvision's per-image normalisation, then the mean over images.
     Targets are dicts with ``boxes`` (G, 4) xyxy in padded-image pixels, ``labels`` (G,) in [0, K),
-    and optionally ``crowd_boxes`` (C, 4), which become ignore regions.
+    and optionally ``crowd_boxes`` (C, 4), which become ignore regions. The focal ``gamma`` comes
+    with every call, because a gamma schedule changes it during training.
     """
 
-    def __init__(self, num_classes: int, matcher: Matcher, box_coder: BoxCoder, cls_loss: str = "focal",
-                 alpha: float = 0.25, gamma: float = 2.0, beta: float = 1.0, box_loss: str = "l1",
-                 smooth_l1_beta: float = 0.1, box_weight: float = 1.0, normalize: str = "batch",
-                 ema_momentum: float = 0.9):
+    def __init__(self, matcher: Matcher, box_coder: BoxCoder, cls_loss: str = "focal", alpha: float = 0.25,
+                 beta: float = 1.0, box_loss: str = "l1", smooth_l1_beta: float = 0.1, box_weight: float = 1.0,
+                 normalize: str = "batch", ema_momentum: float = 0.9):
         super().__init__()
-        if cls_loss not in CLASS_LOSSES:
-            raise ValueError(f"model.loss.cls_loss: unknown {cls_loss!r}; expected one of {', '.join(CLASS_LOSSES)}")
-        if box_loss not in ("smooth_l1", "l1", "giou"):
-            raise ValueError(f"model.loss.box_loss: unknown {box_loss!r}; expected smooth_l1, l1 or giou")
-        if normalize not in NORMALIZERS:
-            raise ValueError(f"model.loss.normalize: unknown {normalize!r}; expected one of {', '.join(NORMALIZERS)}")
-        self.num_classes, self.matcher, self.box_coder = num_classes, matcher, box_coder
-        self.cls_loss, self.alpha, self.gamma, self.beta = cls_loss, alpha, gamma, beta
+        for key, value, allowed in (("cls_loss", cls_loss, CLASS_LOSSES), ("box_loss", box_loss, BOX_LOSSES),
+                                    ("normalize", normalize, NORMALIZERS)):
+            if value not in allowed:
+                raise ValueError(f"model.loss.{key}: unknown {value!r}; expected one of {', '.join(allowed)}")
+        self.matcher, self.box_coder = matcher, box_coder
+        self.cls_loss, self.alpha, self.beta = cls_loss, alpha, beta
         self.box_loss, self.smooth_l1_beta, self.box_weight = box_loss, smooth_l1_beta, box_weight
         self.normalize, self.ema_momentum = normalize, ema_momentum
         self.register_buffer("ema_normalizer", torch.tensor(100.0))
@@ -49,9 +49,8 @@ class RetinaNetLoss(nn.Module):
         """(N, R) matched gt index per anchor, or BACKGROUND / IGNORE. The only per-image loop."""
         return torch.stack([self.matcher(t["boxes"], anchors, t.get("crowd_boxes")) for t in targets])
 
-    def forward(self, outputs, targets: list[dict], gamma: Optional[float] = None) -> dict[str, Tensor]:
-        """``outputs``: DenseOutputs. Returns {"loss_cls", "loss_box", "num_fg"}; fp32 throughout."""
-        gamma = self.gamma if gamma is None else gamma
+    def forward(self, outputs: DenseOutputs, targets: list[dict], gamma: float) -> dict[str, Tensor]:
+        """Returns {"loss_cls", "loss_box", "num_fg"} (scalars); fp32 throughout."""
         logits, deltas, anchors = outputs.cls_logits.float(), outputs.box_deltas.float(), outputs.anchors
         n, r, k = logits.shape
         matched = self.match(anchors, targets)
@@ -89,9 +88,9 @@ class RetinaNetLoss(nn.Module):
     def _box_loss(self, pred: Tensor, anchors: Tensor, gt: Tensor) -> Tensor:
         """Per-row box loss (M,) for M foreground anchors."""
         if self.box_loss == "giou":
-            return box_regression_loss("giou", pred, pred, self.box_coder.decode(pred, anchors), gt, reduction="none")
-        target = self.box_coder.encode(anchors, gt)
-        return box_regression_loss(self.box_loss, pred, target, beta=self.smooth_l1_beta, reduction="none").sum(-1)
+            return generalized_box_iou_loss(self.box_coder.decode(pred, anchors), gt, reduction="none", eps=1e-7)
+        beta = self.smooth_l1_beta if self.box_loss == "smooth_l1" else 0.0
+        return box_regression_loss(pred, self.box_coder.encode(anchors, gt), beta, reduction="none").sum(-1)
 
     def _normalizer(self, num_fg: Tensor) -> Tensor:
         if dist.is_available() and dist.is_initialized():

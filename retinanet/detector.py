@@ -1,18 +1,25 @@
-"""High-level inference API: ``Detector.from_config(...).predict(images)``."""
+"""The inference object: ``Detector.from_config(cfg, weights).predict(images)``.
+
+A Detector owns a network with its preprocessing, post-processing and category mapping. predict,
+test-time augmentation, evaluation, export, analyze-loss, ``retinanet infer`` and the benchmark all
+go through its public steps: ``preprocess`` -> ``network`` -> ``postprocessor`` -> ``to_results``.
+"""
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .checkpoint import categories_from, load_checkpoint, load_model_state
-from .config import Config, from_dict, load_config, merge_dict, parse_overrides
-from .model import RetinaNet, build_model, build_postprocessor
+from .build import (ConfigSource, build_model, build_postprocessor, build_preprocessor, categories_of,
+                    resolve_config)
+from .checkpoint import load_checkpoint, load_model_state
+from .config import Config
+from .outputs import DenseOutputs
 from .postprocess import rescale_boxes
-from .preprocess import ImageInput, preprocess, to_float_tensor
+from .preprocess import ImageInput, to_float_tensor
 
 
 def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
@@ -24,77 +31,101 @@ def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
     return device
 
 
-class Detector:
-    """A model in eval mode with its preprocessing, post-processing and label mapping."""
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (BatchNorm uses its running statistics and never updates them) for the block;
+    then every submodule gets back the mode it had, so a caller's training model is left as it was."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
-    def __init__(self, model: RetinaNet, cfg: Config, categories: list[dict], device: torch.device):
-        self.model = model.eval().to(device)
-        self.cfg, self.categories, self.device = cfg, categories, device
-        self.postprocess = build_postprocessor(cfg)
-        self._label_to_id = torch.tensor([c["id"] for c in categories], dtype=torch.int64)
+
+class Detector:
+    """A network (our RetinaNet, or an exported file's runtime) with the config it was built from,
+    its preprocessing, post-processing and label -> category mapping."""
+
+    def __init__(self, model: nn.Module, cfg: Config, device: Union[str, torch.device, None] = None):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.cfg = cfg
+        self.categories = categories_of(cfg)
+        self.preprocessor = build_preprocessor(cfg)
+        self.postprocessor = build_postprocessor(cfg)
+        # contiguous label -> dataset category id
+        self.label_to_id = torch.tensor([c["id"] for c in self.categories], dtype=torch.int64)
 
     @classmethod
-    def from_config(cls, config: Union[str, Path, Config, None] = None, weights: Union[str, Path, None] = None,
-                    device: Union[str, torch.device, None] = "auto", overrides: Sequence[str] = ()) -> "Detector":
-        """Builds the model of ``config`` (a YAML path or a Config; None: the checkpoint's own) and
-        loads ``weights`` (our checkpoint, or a torchvision RetinaNet state dict)."""
+    def from_config(cls, config: ConfigSource = None, weights: Union[str, Path, None] = None,
+                    device: Union[str, torch.device, None] = None, overrides: Sequence[str] = (),
+                    classes_from_val: bool = False) -> "Detector":
+        """Builds the model of ``config`` (a YAML path or a Config; None: the checkpoint's own, with
+        ``overrides``) and loads ``weights`` (our checkpoint, or a torchvision RetinaNet state dict)
+        from one read of the file. ``device`` None: the config's train.device."""
         ckpt = load_checkpoint(weights) if weights else {}
-        if isinstance(config, Config):
-            cfg = merge_dict(config, parse_overrides(list(overrides)))
-        elif config:
-            cfg = load_config(config, list(overrides))
-        elif "config" in ckpt:
-            cfg = merge_dict(from_dict(ckpt["config"]), parse_overrides(list(overrides)))
-        else:
-            raise ValueError("Detector.from_config needs a config, or a checkpoint that stores one")
-        if cfg.model.num_classes is None:
-            stored = ckpt.get("categories") or ckpt.get("config", {}).get("model", {}).get("category_ids")
-            if not stored:
-                raise ValueError("model.num_classes is unset and the checkpoint does not say it")
-            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(stored)))
-        # Pretrained backbone weights are irrelevant when a full checkpoint follows (and may be offline).
-        if weights:
-            cfg = dataclasses.replace(cfg, model=dataclasses.replace(
-                cfg.model, backbone=dataclasses.replace(cfg.model.backbone, weights="")))
+        cfg = resolve_config(config, overrides, ckpt, classes_from_val)
         model = build_model(cfg)
         if weights:
             load_model_state(model, ckpt["model"], source=str(weights))
-        categories = categories_from(ckpt, cfg.model.num_classes, cfg.model.category_ids, cfg.model.class_names)
-        return cls(model, cfg, categories, resolve_device(device))
+        return cls(model, cfg, device if device is not None else cfg.train.device)
+
+    # -- the steps --------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[ImageInput], min_size: Optional[int] = None,
+                   max_size: Optional[int] = None) -> tuple[Tensor, list[tuple[int, int]], list[tuple[int, int]]]:
+        """Images -> padded normalised batch (N, 3, H, W) on the device, the resized (h, w) and the
+        original (H, W) of each image. ``min_size``/``max_size`` override the test size (TTA)."""
+        tensors = [to_float_tensor(x).to(self.device) for x in images]
+        batch, sizes = self.preprocessor(tensors, min_size, max_size)
+        return batch, sizes, [tuple(t.shape[-2:]) for t in tensors]
 
     @torch.no_grad()
+    def network(self, batch: Tensor) -> DenseOutputs:
+        """The network on a preprocessed batch, in eval mode (the model's own mode is restored)."""
+        with eval_mode(self.model):
+            return self.model(batch)
+
+    def to_results(self, boxes: Tensor, scores: Tensor, labels: Tensor, resized_size: tuple[int, int],
+                   original_size: tuple[int, int]) -> dict:
+        """One image's detections in the resized image, boxes (D, 4), scores (D,), contiguous labels
+        (D,) -> ``boxes`` in original pixels, ``scores``, ``labels`` as dataset category ids and
+        ``names``, on the CPU."""
+        labels = labels.cpu()
+        return {"boxes": rescale_boxes(boxes, resized_size, original_size).cpu(), "scores": scores.cpu(),
+                "labels": self.label_to_id[labels], "names": [self.categories[i]["name"] for i in labels.tolist()]}
+
+    # -- the whole pipeline -----------------------------------------------------------------
+    @torch.no_grad()
     def predict(self, images: Union[ImageInput, Sequence[ImageInput]], batch_size: int = 4,
-                score_thresh: Optional[float] = None) -> Union[dict, list[dict]]:
-        """Detects objects. One input gives one dict; a list gives a list of dicts with
-        ``boxes`` (D, 4) xyxy in original pixels, ``scores`` (D,), ``labels`` (D,) dataset category
-        ids and ``names`` (list of D class names), sorted by decreasing score."""
+                score_thresh: Optional[float] = None, tta: Optional[bool] = None) -> Union[dict, list[dict]]:
+        """Detects objects. One image gives one dict, a list or tuple of images a list of dicts (as
+        torchvision's models take lists): ``boxes`` (D, 4) xyxy in original pixels, ``scores`` (D,),
+        ``labels`` (D,) dataset category ids and ``names`` (D class names), sorted by decreasing score.
+        ``score_thresh`` drops lower scores; ``tta`` (default: evaluation.tta) adds the flipped and
+        rescaled views, with the same return type."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
+        use_tta = self.cfg.evaluation.tta if tta is None else tta
         results = []
         for start in range(0, len(items), batch_size):
-            results.extend(self._predict_batch([to_float_tensor(x) for x in items[start:start + batch_size]]))
+            chunk = items[start:start + batch_size]
+            if use_tta:
+                from .tta import predict_tta
+                results.extend(predict_tta(self, chunk))
+                continue
+            batch, sizes, originals = self.preprocess(chunk)
+            for det, size, original in zip(self.postprocessor(self.network(batch), sizes), sizes, originals):
+                results.append(self.to_results(det["boxes"], det["scores"], det["labels"], size, original))
         if score_thresh is not None:
-            results = [_filter(r, r["scores"] > score_thresh) for r in results]
+            results = [_above(r, score_thresh) for r in results]
         return results[0] if single else results
 
-    def _predict_batch(self, images: list[Tensor]) -> list[dict]:
-        inp = self.cfg.input
-        batch, sizes = preprocess([im.to(self.device) for im in images], inp.min_size_test, inp.max_size_test,
-                                  inp.pixel_mean, inp.pixel_std, inp.size_divisible)
-        dets = self.postprocess(self.model(batch), sizes)
-        out = []
-        for det, im, size in zip(dets, images, sizes):
-            labels = det["labels"].cpu()
-            out.append({
-                "boxes": rescale_boxes(det["boxes"], size, tuple(im.shape[-2:])).cpu(),
-                "scores": det["scores"].cpu(),
-                "labels": self._label_to_id[labels],
-                "names": [self.categories[i]["name"] for i in labels.tolist()],
-            })
-        return out
 
-
-def _filter(result: dict, keep: Tensor) -> dict:
-    idx = keep.nonzero().flatten().tolist()
+def _above(result: dict, score_thresh: float) -> dict:
+    keep = result["scores"] > score_thresh
     return {"boxes": result["boxes"][keep], "scores": result["scores"][keep], "labels": result["labels"][keep],
-            "names": [result["names"][i] for i in idx]}
+            "names": [n for n, k in zip(result["names"], keep.tolist()) if k]}

@@ -12,6 +12,7 @@ The config and categories travel inside the file (ONNX metadata / TorchScript ex
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -21,9 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from .anchors import AnchorGenerator
-from .config import Config, from_dict, to_dict
-from .detector import Detector, resolve_device
-from .model import DenseOutputs, RetinaNet
+from .build import build_anchor_generator, with_categories
+from .config import Config
+from .config_loader import from_dict, to_dict
+from .detector import Detector
+from .model import RetinaNet, dense_outputs
+from .outputs import DenseOutputs
 
 FORMATS = ("onnx", "torchscript")
 
@@ -37,46 +41,25 @@ class ExportableRetinaNet(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         """images (N, 3, H, W) -> (cls_p3 (N, A*K, H/8, W/8), box_p3 (N, A*4, H/8, W/8), ..., box_p7)."""
-        m = self.model
-        outs = []
-        for f in m.fpn(m.backbone(images)):
-            outs += [m.head.cls_logits(m.head.cls_tower(f)), m.head.box_pred(m.head.box_tower(f))]
-        return tuple(outs)
+        cls_maps, box_maps = self.model.level_maps(images)
+        return tuple(t for pair in zip(cls_maps, box_maps) for t in pair)
 
 
 def output_names(num_levels: int = 5) -> list[str]:
     return [f"{kind}_p{lvl}" for lvl in range(3, 3 + num_levels) for kind in ("cls", "box")]
 
 
-def build_anchor_generator(cfg: Config) -> AnchorGenerator:
-    a = cfg.model.anchors
-    return AnchorGenerator(a.sizes, a.scales, a.ratios, a.strides, a.torchvision_compat)
-
-
-def dense_outputs(levels: Sequence[Tensor], image_size: tuple[int, int], anchors: AnchorGenerator) -> DenseOutputs:
-    """Per-level maps (cls, box, cls, box, ...) -> DenseOutputs, in RetinaNetHead's row order
-    (level, location, anchor): logits (N, R, K), deltas (N, R, 4), anchors (R, 4)."""
-    a = anchors.num_anchors
-    logits, deltas, grids = [], [], []
-    for cls, box in zip(levels[0::2], levels[1::2]):
-        n, _, h, w = cls.shape
-        logits.append(cls.view(n, a, -1, h, w).permute(0, 3, 4, 1, 2).reshape(n, h * w * a, -1))
-        deltas.append(box.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, h * w * a, 4))
-        grids.append((h, w))
-    return DenseOutputs(torch.cat(logits, 1), torch.cat(deltas, 1), anchors(image_size, grids, logits[0].device),
-                        [h * w * a for h, w in grids])
-
-
 class LevelOutputsModel(nn.Module):
-    """Wraps a runtime that maps a padded batch to per-level maps so that it looks like RetinaNet
-    (``forward`` returns DenseOutputs); ``Detector(LevelOutputsModel(...), cfg, categories, device)``."""
+    """Wraps a runtime that maps a padded batch to per-level maps (cls_p3, box_p3, ...) so that it
+    looks like RetinaNet to a Detector: ``forward`` returns DenseOutputs."""
 
     def __init__(self, run: Callable[[Tensor], Sequence[Tensor]], anchor_generator: AnchorGenerator):
         super().__init__()
         self.run, self.anchor_generator = run, anchor_generator
 
     def forward(self, images: Tensor) -> DenseOutputs:
-        return dense_outputs(self.run(images), tuple(images.shape[-2:]), self.anchor_generator)
+        levels = self.run(images)
+        return dense_outputs(list(levels[0::2]), list(levels[1::2]), tuple(images.shape[-2:]), self.anchor_generator)
 
 
 @contextlib.contextmanager
@@ -88,21 +71,26 @@ def _quiet_jit() -> Iterator[None]:
 
 
 def _metadata(cfg: Config, categories: list[dict]) -> dict[str, str]:
+    # The categories are in the config too; stored apart for readers of the file that are not us.
     return {"retinanet_config": json.dumps(to_dict(cfg)), "retinanet_categories": json.dumps(categories),
             "retinanet_outputs": "per-level logits (N, A*K, H_l, W_l) and deltas (N, A*4, H_l, W_l); "
                                  "post-processing not included"}
 
 
-def export_model(model: RetinaNet, cfg: Config, categories: list[dict], path: Union[str, Path],
-                 fmt: str = "onnx", opset: int = 17) -> Path:
-    """Writes ``model`` (on the CPU, eval mode) as ONNX or TorchScript with dynamic batch and image size."""
+def export_model(detector: Detector, path: Union[str, Path], fmt: str = "onnx", opset: int = 17) -> Path:
+    """Writes the detector's network as ONNX or TorchScript with dynamic batch
+    and image size; its config and categories go into the file."""
     if fmt not in FORMATS:
         raise ValueError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    if not isinstance(detector.model, RetinaNet):
+        raise ValueError("only a PyTorch RetinaNet can be exported, not an already exported model")
+    cfg, categories = detector.cfg, detector.categories
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    net = ExportableRetinaNet(model).cpu().eval()
-    side = 2 * cfg.input.size_divisible  # any multiple works; a small one keeps tracing fast
-    sample = torch.randn(1, 3, side, side + cfg.input.size_divisible)  # H != W: no axis gets folded into the other
+    # A copy: tracing needs the CPU and eval mode, and the caller's model keeps its device and mode.
+    net = ExportableRetinaNet(copy.deepcopy(detector.model)).cpu().eval()
+    step = detector.preprocessor.size_divisible  # any multiple works; a small one keeps tracing fast
+    sample = torch.randn(1, 3, 2 * step, 3 * step)  # H != W: no axis gets folded into the other
     names = output_names(len(cfg.model.anchors.strides))
     with torch.no_grad():
         if fmt == "onnx":
@@ -147,6 +135,31 @@ def load_exported(path: Union[str, Path], device: Union[str, torch.device] = "cp
         meta = {k: v.decode() if isinstance(v, bytes) else v for k, v in extra.items()}
     if not meta.get("retinanet_config"):
         raise ValueError(f"{path}: not exported by `retinanet export` (no retinanet_config metadata)")
-    cfg = from_dict(json.loads(meta["retinanet_config"]))
-    categories = json.loads(meta["retinanet_categories"])
-    return Detector(LevelOutputsModel(run, build_anchor_generator(cfg)), cfg, categories, resolve_device(device))
+    cfg = with_categories(from_dict(json.loads(meta["retinanet_config"])), json.loads(meta["retinanet_categories"]),
+                          str(path))
+    return Detector(LevelOutputsModel(run, build_anchor_generator(cfg)), cfg, device)
+
+
+def compare_detections(expected: dict, got: dict, box_tol: float = 1e-2, score_tol: float = 1e-4) -> tuple[bool, float, float]:
+    """Whether two detection sets of one image agree as sets: same count, and each expected detection
+    has its own counterpart with the same label, boxes within ``box_tol`` px and score within
+    ``score_tol``. Tied scores may come out in either order, so rows are matched, not compared by
+    index. Returns (ok, max box difference, max score difference) over the matched pairs."""
+    n = len(expected["boxes"])
+    if n != len(got["boxes"]):
+        return False, float("inf"), float("inf")
+    if n == 0:
+        return True, 0.0, 0.0
+    box = (expected["boxes"][:, None, :] - got["boxes"][None, :, :]).abs().amax(-1)  # (n, n)
+    score = (expected["scores"][:, None] - got["scores"][None, :]).abs()
+    fits = (box <= box_tol) & (score <= score_tol) & (expected["labels"][:, None] == got["labels"][None, :])
+    taken = torch.zeros(n, dtype=torch.bool)
+    worst_box = worst_score = 0.0
+    for i in range(n):  # at most detections_per_img rows: greedy matching over ragged candidates
+        free = (fits[i] & ~taken).nonzero().flatten()
+        if free.numel() == 0:
+            return False, float(box[i].min()), float(score[i].min())
+        j = free[box[i, free].argmin()]
+        taken[j] = True
+        worst_box, worst_score = max(worst_box, float(box[i, j])), max(worst_score, float(score[i, j]))
+    return True, worst_box, worst_score

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+P6_SOURCES = ("c5", "p5")
+
 
 class FPN(nn.Module):
     """Lateral 1x1 + top-down nearest upsampling + 3x3 output convs, then P6 and P7.
@@ -14,8 +16,8 @@ class FPN(nn.Module):
 
     def __init__(self, in_channels: tuple[int, int, int], channels: int = 256, p6_from: str = "c5"):
         super().__init__()
-        if p6_from not in ("c5", "p5"):
-            raise ValueError(f"model.fpn.p6_from: expected c5 or p5, got {p6_from!r}")
+        if p6_from not in P6_SOURCES:
+            raise ValueError(f"model.fpn.p6_from: expected one of {P6_SOURCES}, got {p6_from!r}")
         self.p6_from = p6_from
         self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
         self.output = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in in_channels)

@@ -6,6 +6,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+HEAD_NORMS = ("", "gn")
+
 
 class ConvBlock(nn.Module):
     def __init__(self, channels: int, norm: str = ""):
@@ -14,8 +16,8 @@ class ConvBlock(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=not norm)
         if norm == "gn":
             self.norm = nn.GroupNorm(32, channels)
-        elif norm:
-            raise ValueError(f"model.head.norm: expected '' or 'gn', got {norm!r}")
+        elif norm not in HEAD_NORMS:
+            raise ValueError(f"model.head.norm: expected one of {HEAD_NORMS}, got {norm!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv(x)
@@ -48,16 +50,10 @@ class RetinaNetHead(nn.Module):
         if prior_init:
             nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
 
-    def forward(self, feats: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """P3..P7 -> class logits (N, R, K) and box deltas (N, R, 4), R = sum_l H_l W_l A.
+    def forward(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """P3..P7 -> per level, class logits (N, A*K, H_l, W_l) and box deltas (N, A*4, H_l, W_l).
 
-        Channel ``a * K + k`` of level l is anchor a, class k: rows follow (location, anchor).
+        Channel ``a * K + k`` is anchor a, class k; ``outputs.flatten_levels`` turns these into rows.
         """
-        logits, deltas = [], []
-        for f in feats:
-            n, _, h, w = f.shape
-            logits.append(self.cls_logits(self.cls_tower(f)).view(n, self.num_anchors, -1, h, w)
-                          .permute(0, 3, 4, 1, 2).reshape(n, h * w * self.num_anchors, -1))
-            deltas.append(self.box_pred(self.box_tower(f)).view(n, self.num_anchors, 4, h, w)
-                          .permute(0, 3, 4, 1, 2).reshape(n, h * w * self.num_anchors, 4))
-        return torch.cat(logits, dim=1), torch.cat(deltas, dim=1)
+        return ([self.cls_logits(self.cls_tower(f)) for f in feats],
+                [self.box_pred(self.box_tower(f)) for f in feats])

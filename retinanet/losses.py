@@ -11,7 +11,6 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import generalized_box_iou_loss
 
 
 def _reduce(loss: Tensor, reduction: str) -> Tensor:
@@ -110,21 +109,14 @@ def softmax_focal_loss(logits: Tensor, target_index: Tensor, gamma: float = 2.0,
     return _reduce(loss, reduction)
 
 
-def box_regression_loss(kind: str, pred_deltas: Tensor, target_deltas: Tensor,
-                        pred_boxes: Optional[Tensor] = None, target_boxes: Optional[Tensor] = None,
-                        beta: float = 0.1, reduction: str = "sum") -> Tensor:
-    """Box loss over (M, 4) rows: smooth_l1 (beta 0 = L1) or l1 on deltas, or giou on decoded boxes.
-
-    With ``reduction="none"``: (M, 4) for smooth_l1/l1, (M,) for giou.
-    """
-    if kind == "smooth_l1" and beta >= 1e-5:
+def box_regression_loss(pred_deltas: Tensor, target_deltas: Tensor, beta: float = 0.0,
+                        reduction: str = "sum") -> Tensor:
+    """Smooth-L1 over (M, 4) box deltas; ``beta`` below 1e-5 is plain L1 (Detectron2's default, beta 0).
+    With ``reduction="none"``: (M, 4)."""
+    if beta >= 1e-5:
         loss = F.smooth_l1_loss(pred_deltas, target_deltas, beta=beta, reduction="none")
-    elif kind in ("smooth_l1", "l1"):
+    else:  # smooth_l1 at beta -> 0 is L1; torch's smooth_l1 divides by beta
         loss = F.l1_loss(pred_deltas, target_deltas, reduction="none")
-    elif kind == "giou":
-        loss = generalized_box_iou_loss(pred_boxes, target_boxes, reduction="none", eps=1e-7)
-    else:
-        raise ValueError(f"unknown box loss {kind!r}: expected smooth_l1, l1 or giou")
     return _reduce(loss, reduction)
 
 

@@ -8,6 +8,7 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 from .box_coder import BoxCoder
+from .outputs import DenseOutputs
 
 
 class PostProcessor:
@@ -23,7 +24,7 @@ class PostProcessor:
         self.score_thresh, self.topk_candidates = score_thresh, topk_candidates
         self.nms_thresh, self.detections_per_img = nms_thresh, detections_per_img
 
-    def candidates(self, outputs, image_sizes: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def candidates(self, outputs: DenseOutputs, image_sizes: Sequence[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Pre-NMS candidates: boxes (N, M, 4), scores (N, M), labels (N, M), keep mask (N, M)."""
         logits = outputs.cls_logits.float()
         deltas = outputs.box_deltas.float()
@@ -47,13 +48,18 @@ class PostProcessor:
         boxes = torch.minimum(boxes.clamp(min=0), upper)
         return boxes, scores, labels, scores > self.score_thresh
 
-    def __call__(self, outputs, image_sizes: Sequence[tuple[int, int]]) -> list[dict[str, Tensor]]:
+    def select(self, boxes: Tensor, scores: Tensor, labels: Tensor) -> Tensor:
+        """One image's candidates (D, 4), (D,), (D,) -> indices kept by class-aware NMS, best first,
+        at most ``detections_per_img``."""
+        return batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+
+    def __call__(self, outputs: DenseOutputs, image_sizes: Sequence[tuple[int, int]]) -> list[dict[str, Tensor]]:
         """Detections per image: boxes (D, 4) xyxy in the resized image, scores (D,), labels (D,)."""
         boxes, scores, labels, keep = self.candidates(outputs, image_sizes)
         results = []
         for i in range(boxes.shape[0]):
             b, s, l = boxes[i][keep[i]], scores[i][keep[i]], labels[i][keep[i]]
-            kept = batched_nms(b, s, l, self.nms_thresh)[: self.detections_per_img]
+            kept = self.select(b, s, l)
             results.append({"boxes": b[kept], "scores": s[kept], "labels": l[kept]})
         return results
 

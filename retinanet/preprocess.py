@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -114,3 +114,20 @@ def preprocess(images: Sequence[Tensor], min_size: int, max_size: int, mean: Seq
     """
     resized = [resize(normalize(im, mean, std), min_size, max_size) for im in images]
     return pad_batch(resized, size_divisible), [(int(r.shape[-2]), int(r.shape[-1])) for r in resized]
+
+
+class Preprocessor:
+    """The test-time input pipeline with its settings: short side to ``min_size`` (long side at most
+    ``max_size``), normalise with ``mean``/``std``, zero-pad to multiples of ``size_divisible``."""
+
+    def __init__(self, min_size: int, max_size: int, mean: Sequence[float], std: Sequence[float],
+                 size_divisible: int):
+        self.min_size, self.max_size = min_size, max_size
+        self.mean, self.std, self.size_divisible = tuple(mean), tuple(std), size_divisible
+
+    def __call__(self, images: Sequence[Tensor], min_size: Optional[int] = None,
+                 max_size: Optional[int] = None) -> tuple[Tensor, list[tuple[int, int]]]:
+        """[(3, H, W) in [0, 1]] -> batch (N, 3, H', W') and each image's resized (h, w); ``min_size``
+        and ``max_size`` replace the defaults for one call (test-time augmentation scales)."""
+        return preprocess(images, min_size or self.min_size, max_size or self.max_size, self.mean, self.std,
+                          self.size_divisible)

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import bisect
 import math
+from typing import TYPE_CHECKING
 
-from .config import LossConfig, SolverConfig
+if TYPE_CHECKING:  # config imports GAMMA_SCHEDULES from here to validate
+    from .config import LossConfig, SolverConfig
 
 GAMMA_SCHEDULES = ("constant", "linear", "cosine", "step")
 
@@ -20,20 +22,21 @@ def lr_factor(solver: SolverConfig, it: int) -> float:
 
 def gamma_at(loss: LossConfig, it: int, max_iter: int) -> float:
     """Focal gamma at iteration ``it``: start high (focus on hard examples) and lower it as the
-    detector improves. ``constant`` uses ``loss.gamma``; ``linear``/``cosine`` go from
-    ``gamma_start`` to ``gamma_end`` over ``max_iter``; ``step`` uses ``gamma_values`` between
-    ``gamma_steps``."""
+    detector improves. Every schedule starts at ``gamma``: ``constant`` stays there; ``linear`` and
+    ``cosine`` go to ``gamma_end`` over ``max_iter``; ``step`` switches to ``gamma_values[i]`` at
+    iteration ``gamma_steps[i]``."""
     kind = loss.gamma_schedule
     if kind == "constant":
         return loss.gamma
     if kind == "step":
-        if len(loss.gamma_values) != len(loss.gamma_steps) + 1:
-            raise ValueError(f"model.loss.gamma_values needs one more value than gamma_steps "
+        if len(loss.gamma_values) != len(loss.gamma_steps):
+            raise ValueError(f"model.loss.gamma_values needs one value per gamma_steps entry "
                              f"({len(loss.gamma_values)} vs {len(loss.gamma_steps)})")
-        return loss.gamma_values[bisect.bisect_right(list(loss.gamma_steps), it)]
+        i = bisect.bisect_right(list(loss.gamma_steps), it)
+        return loss.gamma if i == 0 else loss.gamma_values[i - 1]
     t = min(max(it / max(1, max_iter), 0.0), 1.0)
     if kind == "linear":
-        return loss.gamma_start + (loss.gamma_end - loss.gamma_start) * t
+        return loss.gamma + (loss.gamma_end - loss.gamma) * t
     if kind == "cosine":
-        return loss.gamma_end + (loss.gamma_start - loss.gamma_end) * 0.5 * (1 + math.cos(math.pi * t))
+        return loss.gamma_end + (loss.gamma - loss.gamma_end) * 0.5 * (1 + math.cos(math.pi * t))
     raise ValueError(f"model.loss.gamma_schedule: unknown {kind!r}; expected one of {', '.join(GAMMA_SCHEDULES)}")

@@ -12,13 +12,13 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
 
+from .config import Config
 from .postprocess import rescale_boxes
-from .preprocess import ImageInput, preprocess, to_float_tensor
+from .preprocess import ImageInput, to_float_tensor
 
 
-def tta_views(cfg) -> list[tuple[int, int, bool]]:
+def tta_views(cfg: Config) -> list[tuple[int, int, bool]]:
     """(min_size, max_size, flip) of every view. Extra scales keep the config's aspect cap:
     max_size grows with min_size so a larger short side is not clipped back by the long side."""
     inp, ev = cfg.input, cfg.evaluation
@@ -38,27 +38,26 @@ def hflip_boxes(boxes: Tensor, width: float) -> Tensor:
 @torch.no_grad()
 def predict_tta(detector, images: Sequence[ImageInput], batch_size: int = 4,
                 views: Optional[list[tuple[int, int, bool]]] = None) -> list[dict]:
-    """Like ``Detector.predict`` on a list: per image ``boxes`` (D, 4) xyxy in original pixels,
-    ``scores`` (D,), ``labels`` (D,) dataset category ids, ``names``; sorted by decreasing score."""
+    """``Detector.predict`` with every view of ``tta_views`` (or ``views``) merged before NMS: per image
+    ``boxes`` (D, 4) xyxy in original pixels, ``scores`` (D,), ``labels`` (D,) dataset category ids,
+    ``names``; sorted by decreasing score."""
     views = views if views is not None else tta_views(detector.cfg)
-    post, inp = detector.postprocess, detector.cfg.input
+    post = detector.postprocessor
     results = []
     for start in range(0, len(images), batch_size):
-        batch = [to_float_tensor(x).to(detector.device) for x in images[start:start + batch_size]]
-        pooled: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in batch]
+        chunk = [to_float_tensor(x) for x in images[start:start + batch_size]]
+        pooled: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in chunk]
         for min_size, max_size, flip in views:
-            view = [im.flip(-1) for im in batch] if flip else batch
-            x, sizes = preprocess(view, min_size, max_size, inp.pixel_mean, inp.pixel_std, inp.size_divisible)
-            boxes, scores, labels, keep = post.candidates(detector.model(x), sizes)
-            for i, im in enumerate(batch):
-                original = tuple(im.shape[-2:])
+            view = [im.flip(-1) for im in chunk] if flip else chunk
+            x, sizes, originals = detector.preprocess(view, min_size, max_size)
+            boxes, scores, labels, keep = post.candidates(detector.network(x), sizes)
+            for i, original in enumerate(originals):
                 b = rescale_boxes(boxes[i][keep[i]], sizes[i], original)
                 pooled[i].append((hflip_boxes(b, original[1]) if flip else b, scores[i][keep[i]], labels[i][keep[i]]))
-        for parts in pooled:
+        for parts, original in zip(pooled, originals):
             b, s, l = (torch.cat(t) for t in zip(*parts))
-            kept = batched_nms(b, s, l, post.nms_thresh)[: post.detections_per_img]
-            labels = l[kept].cpu()
-            results.append({"boxes": b[kept].cpu(), "scores": s[kept].cpu(),
-                            "labels": detector._label_to_id[labels],
-                            "names": [detector.categories[j]["name"] for j in labels.tolist()]})
+            kept = post.select(b, s, l)
+            # boxes are in original pixels already: an identity rescale
+            results.append(detector.to_results(b[kept], s[kept], l[kept], original, original))
     return results
+

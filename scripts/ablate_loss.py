@@ -34,7 +34,7 @@ RUNS: dict[str, tuple[dict, str, str]] = {
                       "FL* γ=2, β=1", "33.8"),
     "fl_star_g4_b0": ({"model.loss.cls_loss": "focal_star", "model.loss.gamma": 4.0, "model.loss.beta": 0.0},
                       "FL* γ=4, β=0", "33.9"),
-    "fl_sched_4_1": ({"model.loss.alpha": 0.25, "model.loss.gamma_schedule": "linear", "model.loss.gamma_start": 4.0,
+    "fl_sched_4_1": ({"model.loss.alpha": 0.25, "model.loss.gamma_schedule": "linear", "model.loss.gamma": 4.0,
                       "model.loss.gamma_end": 1.0}, "FL, γ linear 4→1, α=.25", "–"),
     # The same without gradient clipping: does the loss (and the prior) keep training stable on its own?
     "ce_prior_noclip": ({"model.loss.cls_loss": "bce", "solver.clip_grad_norm": 0}, "CE, prior init, no clipping",
@@ -93,7 +93,7 @@ def base_overrides(args: argparse.Namespace) -> dict:
 
 def run_one(name: str, overrides: list[str], out: Path) -> dict:
     """Trains one configuration; returns AP, AP50, final loss (mean of the last 10% of steps), diverged."""
-    from retinanet.config import load_config
+    from retinanet.config_loader import load_config
     from retinanet.engine.trainer import NonFiniteLossError, train
 
     start = time.perf_counter()

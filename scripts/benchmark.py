@@ -27,11 +27,10 @@ from torchvision.models.detection.retinanet import _default_anchorgen
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from retinanet.checkpoint import categories_from, load_model_state
-from retinanet.config import load_config
+from retinanet.build import build_criterion, build_model
+from retinanet.checkpoint import load_model_state
+from retinanet.config_loader import load_config
 from retinanet.detector import Detector
-from retinanet.model import build_criterion, build_model
-from retinanet.preprocess import preprocess
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "torchvision" / "retinanet_resnet50_fpn_coco.yaml"
 
@@ -89,9 +88,8 @@ def main() -> None:
     load_model_state(ours, tv.state_dict(), source="torchvision retinanet_resnet50_fpn")
     ours.to(device)
     criterion = build_criterion(cfg).to(device)
-    detector = Detector(ours, cfg, categories_from({}, 91, cfg.model.category_ids, cfg.model.class_names), device)
+    detector = Detector(ours, cfg, device)
     images, targets = sample_data(device)
-    inp = cfg.input
 
     def tv_train() -> dict:
         tv.train()
@@ -102,13 +100,12 @@ def main() -> None:
     def ours_train() -> dict:
         ours.train()
         criterion.train()
-        batch, sizes = preprocess(images, args.size, max(args.size, 1333), inp.pixel_mean, inp.pixel_std,
-                                  inp.size_divisible)
+        batch, sizes, _ = detector.preprocess(images)
         scaled = []
         for t, im, (h, w) in zip(targets, images, sizes):
             scale = torch.tensor([w / im.shape[-1], h / im.shape[-2]] * 2, device=device)
             scaled.append({"boxes": t["boxes"] * scale, "labels": t["labels"]})
-        losses = criterion(ours(batch), scaled)
+        losses = criterion(ours(batch), scaled, gamma=cfg.model.loss.gamma)
         (losses["loss_cls"] + losses["loss_box"]).backward()
         return losses
 

@@ -31,7 +31,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from retinanet.backbone import MobileNetV2Backbone, load_backbone_weights  # noqa: E402
-from retinanet.config import load_config  # noqa: E402
+from retinanet.config_loader import load_config  # noqa: E402
 from retinanet.data.loader import build_dataset, build_train_loader  # noqa: E402
 from retinanet.engine.solver import build_lr_scheduler, build_optimizer  # noqa: E402
 from retinanet.engine.trainer import train  # noqa: E402

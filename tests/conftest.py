@@ -7,7 +7,8 @@ from typing import Callable
 import pytest
 import torch
 
-from retinanet.config import Config, load_config
+from retinanet.config import Config
+from retinanet.config_loader import load_config
 
 # The folder beside the repo (real photos, backbone weights); tests needing it skip when absent.
 SHARED = Path(__file__).resolve().parents[2] / "shared"

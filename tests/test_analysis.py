@@ -11,9 +11,9 @@ from torchvision.ops import sigmoid_focal_loss as tv_focal
 from retinanet.analysis import anchor_losses, cumulative_loss_curve, hardest_share, resample_curve
 from retinanet.checkpoint import save_checkpoint
 from retinanet.cli import main as cli_main
-from retinanet.config import load_config, to_dict
+from retinanet.config_loader import load_config, to_dict
 from retinanet.data.synthetic import make_synthetic_coco
-from retinanet.model import build_model
+from retinanet.build import build_model
 
 
 def _assert_curve(x, y):

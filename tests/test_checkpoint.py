@@ -8,10 +8,10 @@ import torch
 import torchvision
 from torchvision.models.detection.retinanet import RetinaNetHead as TVHead
 
-from retinanet.checkpoint import (CheckpointError, categories_from, convert_torchvision_state_dict, load_checkpoint,
+from retinanet.checkpoint import (CheckpointError, convert_torchvision_state_dict, load_checkpoint,
                                   load_model_state, save_checkpoint)
-from retinanet.config import from_dict, to_dict
-from retinanet.model import build_model
+from retinanet.config_loader import from_dict, to_dict
+from retinanet.build import build_model
 
 
 class _Evil:
@@ -128,11 +128,3 @@ def test_full_torchvision_model_loads(tiny_cfg):
     assert torch.equal(model.head.cls_logits.weight, tv.head.classification_head.cls_logits.weight)
     assert torch.equal(model.fpn.p6.weight, tv.backbone.fpn.extra_blocks.p6.weight)
     assert torch.equal(model.backbone.body.layer4[1].bn2.running_var, tv.backbone.body.layer4[1].bn2.running_var)
-
-
-def test_categories_from():
-    assert categories_from({"categories": [{"id": 3, "name": "x"}]}, 1) == [{"id": 3, "name": "x"}]
-    assert categories_from({}, 2, (4, 7), ("a", "b")) == [{"id": 4, "name": "a"}, {"id": 7, "name": "b"}]
-    assert categories_from({}, 2) == [{"id": 0, "name": "class_0"}, {"id": 1, "name": "class_1"}]
-    with pytest.raises(ValueError, match="model.category_ids"):
-        categories_from({}, 3, (1, 2))

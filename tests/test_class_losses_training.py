@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from retinanet.config import load_config
+from retinanet.config_loader import load_config
 from retinanet.data.synthetic import make_synthetic_coco
 from retinanet.engine.trainer import train
 
@@ -35,7 +35,7 @@ RUNS = {
     "bce_no_prior": {"model.loss.cls_loss": "bce", "model.head.prior_init": False},
     "alpha_bce": {"model.loss.cls_loss": "alpha_bce", "model.loss.alpha": 0.75},
     "focal_linear_schedule": {"model.loss.cls_loss": "focal", "model.loss.gamma_schedule": "linear",
-                              "model.loss.gamma_start": 4.0, "model.loss.gamma_end": 1.0},
+                              "model.loss.gamma": 4.0, "model.loss.gamma_end": 1.0},
 }
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from retinanet.config import load_config
+from retinanet.config_loader import load_config
 from retinanet.data.synthetic import make_synthetic_coco
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from retinanet.config import Config, ConfigError, dump_config, from_dict, load_config, parse_overrides, to_dict
+from retinanet.config import Config, ConfigError
+from retinanet.config_loader import dump_config, from_dict, load_config, parse_overrides, to_dict
 
 from conftest import TV_CONFIGS
 

@@ -11,10 +11,11 @@ from torchvision.models.detection.retinanet import RetinaNetHead as TVHead
 
 from retinanet.anchors import AnchorGenerator
 from retinanet.box_coder import BoxCoder
-from retinanet.config import load_config
+from retinanet.config_loader import load_config
 from retinanet.criterion import RetinaNetLoss
 from retinanet.matcher import Matcher
-from retinanet.model import DenseOutputs, build_criterion, build_model
+from retinanet.build import build_criterion, build_model
+from retinanet.outputs import DenseOutputs
 
 from conftest import TV_CONFIGS
 
@@ -22,7 +23,7 @@ K = 4
 
 
 def _criterion(**kw) -> RetinaNetLoss:
-    return RetinaNetLoss(K, Matcher(0.5, 0.4, True), BoxCoder(), **kw)
+    return RetinaNetLoss(Matcher(0.5, 0.4, True), BoxCoder(), **kw)
 
 
 def _dense(n: int, size=(160, 224), scale: float = 1.0) -> DenseOutputs:
@@ -53,7 +54,7 @@ def _torchvision_loss(out: DenseOutputs, targets: list[dict], loss_type: str) ->
 def test_equals_torchvision_compute_loss(box_loss):
     out, targets = _dense(3), _targets()
     expected = _torchvision_loss(out, targets, box_loss)
-    got = _criterion(box_loss=box_loss, normalize="image")(out, targets)
+    got = _criterion(box_loss=box_loss, normalize="image")(out, targets, gamma=2.0)
     torch.testing.assert_close(got["loss_cls"], expected["classification"])
     torch.testing.assert_close(got["loss_box"], expected["bbox_regression"])
     assert got["num_fg"].item() > 0
@@ -66,14 +67,14 @@ def test_build_criterion_from_torchvision_configs(name, box_loss):
     assert (crit.box_loss, crit.normalize) == (box_loss, "image")
     out, targets = _dense(3), _targets()
     expected = _torchvision_loss(out, targets, box_loss)
-    got = crit(out, targets)
+    got = crit(out, targets, gamma=2.0)
     torch.testing.assert_close(got["loss_cls"] + got["loss_box"], expected["classification"] + expected["bbox_regression"])
 
 
 @pytest.mark.parametrize("normalize", ["batch", "image", "ema"])
 def test_empty_image(normalize):
     out = _dense(1)
-    got = _criterion(normalize=normalize)(out, [_targets()[1]])
+    got = _criterion(normalize=normalize)(out, [_targets()[1]], gamma=2.0)
     assert got["loss_box"].item() == 0.0 and torch.isfinite(got["loss_cls"]) and got["loss_cls"] > 0
     assert got["num_fg"].item() == 0
 
@@ -82,7 +83,7 @@ def test_empty_image_gradient_is_finite():
     out = _dense(1)
     out.cls_logits.requires_grad_(True)
     out.box_deltas.requires_grad_(True)
-    loss = _criterion()(out, [_targets()[1]])
+    loss = _criterion()(out, [_targets()[1]], gamma=2.0)
     (loss["loss_cls"] + loss["loss_box"]).backward()
     assert torch.isfinite(out.cls_logits.grad).all() and torch.all(out.box_deltas.grad == 0)
 
@@ -106,13 +107,13 @@ def _hand_setup():
 
 def test_batch_and_image_normalisation_by_hand():
     out, targets, cls, box, num_fg = _hand_setup()
-    batch = _criterion(normalize="batch")(out, targets)
+    batch = _criterion(normalize="batch")(out, targets, gamma=2.0)
     torch.testing.assert_close(batch["loss_cls"], cls.sum() / 3)
     torch.testing.assert_close(batch["loss_box"], box.sum() / 3)
-    image = _criterion(normalize="image")(out, targets)
+    image = _criterion(normalize="image")(out, targets, gamma=2.0)
     torch.testing.assert_close(image["loss_cls"], (cls / num_fg).mean())
     torch.testing.assert_close(image["loss_box"], (box / num_fg).mean())
-    weighted = _criterion(normalize="batch", box_weight=2.5)(out, targets)
+    weighted = _criterion(normalize="batch", box_weight=2.5)(out, targets, gamma=2.0)
     torch.testing.assert_close(weighted["loss_box"], 2.5 * box.sum() / 3)
 
 
@@ -123,26 +124,26 @@ def test_smooth_l1_box_loss_by_hand():
     target = torch.cat([coder.encode(out.anchors[:1], targets[0]["boxes"]),
                         coder.encode(out.anchors[1:3], targets[1]["boxes"])])
     for beta in (0.1, 0.5):
-        got = _criterion(box_loss="smooth_l1", smooth_l1_beta=beta)(out, targets)["loss_box"]
+        got = _criterion(box_loss="smooth_l1", smooth_l1_beta=beta)(out, targets, gamma=2.0)["loss_box"]
         diff = (pred - target).abs()
         expected = torch.where(diff < beta, 0.5 * diff ** 2 / beta, diff - 0.5 * beta).sum() / 3
         torch.testing.assert_close(got, expected)
-    assert not torch.allclose(got, _criterion()(out, targets)["loss_box"])  # differs from the L1 default
+    assert not torch.allclose(got, _criterion()(out, targets, gamma=2.0)["loss_box"])  # differs from the L1 default
 
 
 def test_ema_normaliser():
     out, targets, cls, box, _ = _hand_setup()
     crit = _criterion(normalize="ema", ema_momentum=0.9)
     assert crit.ema_normalizer.item() == 100.0
-    first = crit(out, targets)  # training mode: 0.9 * 100 + 0.1 * 3 = 90.3
+    first = crit(out, targets, gamma=2.0)  # training mode: 0.9 * 100 + 0.1 * 3 = 90.3
     torch.testing.assert_close(crit.ema_normalizer, torch.tensor(90.3))
     torch.testing.assert_close(first["loss_cls"], cls.sum() / 90.3)
     torch.testing.assert_close(first["loss_box"], box.sum() / 90.3)
-    crit(out, targets)
+    crit(out, targets, gamma=2.0)
     torch.testing.assert_close(crit.ema_normalizer, torch.tensor(0.9 * 90.3 + 0.3))
     crit.eval()
     before = crit.ema_normalizer.clone()
-    crit(out, targets)
+    crit(out, targets, gamma=2.0)
     assert torch.equal(crit.ema_normalizer, before)  # evaluation does not move the running count
     assert "ema_normalizer" in crit.state_dict()  # resumed with the checkpoint
 
@@ -150,11 +151,12 @@ def test_ema_normaliser():
 def test_crowd_anchors_are_ignored():
     out, targets, *_ = _hand_setup()
     crowd = [dict(targets[0], crowd_boxes=torch.tensor([[95.0, 95, 120, 120]])), targets[1]]
-    base = _criterion()(out, crowd)
+    base = _criterion()(out, crowd, gamma=2.0)
     changed = DenseOutputs(out.cls_logits.clone(), out.box_deltas, out.anchors, out.level_sizes)
     changed.cls_logits[0, 3] += 5.0  # anchor 3 of image 0 lies inside the crowd box
-    assert torch.equal(_criterion()(changed, crowd)["loss_cls"], base["loss_cls"])
-    assert not torch.equal(_criterion()(changed, targets)["loss_cls"], _criterion()(out, targets)["loss_cls"])
+    assert torch.equal(_criterion()(changed, crowd, gamma=2.0)["loss_cls"], base["loss_cls"])
+    crit = _criterion()
+    assert not torch.equal(crit(changed, targets, gamma=2.0)["loss_cls"], crit(out, targets, gamma=2.0)["loss_cls"])
 
 
 def test_rejects_bad_options():
@@ -169,14 +171,16 @@ def test_rejects_bad_options():
 @pytest.mark.parametrize("cls_loss", ["focal", "focal_star", "bce", "alpha_bce"])
 def test_every_class_loss_runs(cls_loss):
     out, targets, *_ = _hand_setup()
-    got = _criterion(cls_loss=cls_loss)(out, targets)
+    got = _criterion(cls_loss=cls_loss)(out, targets, gamma=2.0)
     assert torch.isfinite(got["loss_cls"]) and got["loss_cls"] > 0
 
 
-def test_gamma_override():
+def test_gamma_per_call():
     out, targets, *_ = _hand_setup()
     crit = _criterion()
-    torch.testing.assert_close(crit(out, targets, gamma=0.0)["loss_cls"], _criterion(gamma=0.0)(out, targets)["loss_cls"])
+    ce = _criterion(cls_loss="alpha_bce")(out, targets, gamma=2.0)["loss_cls"]  # alpha-CE ignores gamma
+    torch.testing.assert_close(crit(out, targets, gamma=0.0)["loss_cls"], ce)
+    assert not torch.allclose(crit(out, targets, gamma=2.0)["loss_cls"], ce)
 
 
 def test_bf16_autocast_gives_fp32_finite_losses(tiny_cfg):
@@ -187,7 +191,7 @@ def test_bf16_autocast_gives_fp32_finite_losses(tiny_cfg):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.randn(2, 3, 128, 128))
         assert out.cls_logits.dtype == torch.bfloat16  # autocast is active in the model
-        losses = crit(out, targets)
+        losses = crit(out, targets, gamma=2.0)
     assert losses["loss_cls"].dtype == losses["loss_box"].dtype == torch.float32
     assert torch.isfinite(losses["loss_cls"]) and torch.isfinite(losses["loss_box"])
     (losses["loss_cls"] + losses["loss_box"]).backward()

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
+from retinanet.build import build_model, build_postprocessor
 from retinanet.checkpoint import save_checkpoint
-from retinanet.config import to_dict
+from retinanet.config_loader import to_dict
 from retinanet.detector import Detector
-from retinanet.model import build_model, build_postprocessor
 from retinanet.postprocess import rescale_boxes
 from retinanet.preprocess import preprocess
 
@@ -83,9 +83,27 @@ def test_from_checkpoint_without_config(tiny_cfg, photo, tmp_path):
     det = Detector.from_config(None, weights=tmp_path / "m.pth", device="cpu")
     out = det.predict(photo)
     assert set(out["labels"].tolist()) <= {7, 8, 9} and set(out["names"]) <= {"a", "b", "c"}
-    _same(out, Detector(model, cfg, cats, torch.device("cpu")).predict(photo))
-    with pytest.raises(ValueError, match="needs a config"):
+    assert det.categories == cats and det.cfg.model.category_ids == (7, 8, 9)
+    cfg_with_cats = tiny_cfg("model.head.prior_init=false", "model.category_ids=[7,8,9]", "model.class_names=[a,b,c]")
+    _same(out, Detector(model, cfg_with_cats, "cpu").predict(photo))
+    with pytest.raises(ValueError, match="a config is needed"):
         Detector.from_config(None)
+
+
+def test_caller_model_keeps_its_mode(tiny_cfg, photo):
+    """Prediction runs in eval mode (BatchNorm never learns val statistics) and hands the model
+    back in the mode it had, submodule by submodule."""
+    cfg = tiny_cfg("model.backbone.norm=bn", "model.backbone.freeze_at=0", "model.head.prior_init=false")
+    model = build_model(cfg).train()
+    model.head.eval()  # a mixed state must survive too
+    bn = model.backbone.body.bn1
+    before = bn.running_mean.clone(), int(bn.num_batches_tracked)
+    det = Detector(model, cfg, "cpu")
+    assert model.training and not model.head.training
+    a = det.predict(photo)
+    assert model.training and bn.training and not model.head.training
+    assert torch.equal(bn.running_mean, before[0]) and int(bn.num_batches_tracked) == before[1]
+    _same(a, det.predict(photo))  # eval mode: deterministic, not batch statistics
 
 
 def test_rescale_matches_hand_ratio():

@@ -16,11 +16,11 @@ from pycocotools.cocoeval import COCOeval
 
 from retinanet.checkpoint import save_checkpoint
 from retinanet.cli import main
-from retinanet.config import load_config, to_dict
+from retinanet.config_loader import load_config, to_dict
 from retinanet.detector import Detector
 from retinanet.evaluation import (METRIC_NAMES, COCOEvaluator, compute_metrics, evaluate_results_file,
                                   format_metrics_table, inference_on_coco, load_coco, to_coco_results)
-from retinanet.model import build_model
+from retinanet.build import build_model
 
 CATEGORIES = [{"id": 3, "name": "square"}, {"id": 7, "name": "bar"}]  # non-contiguous on purpose
 # resnet18 with a narrow FPN/head at 128 px; no prior bias so that a random model detects things

@@ -6,10 +6,10 @@ import pytest
 import torch
 from test_evaluation import make_checkpoint, make_coco
 
+from retinanet.build import build_anchor_generator, build_model
 from retinanet.cli import main
 from retinanet.detector import Detector
-from retinanet.export import ExportableRetinaNet, build_anchor_generator, dense_outputs, export_model, load_exported
-from retinanet.model import build_model
+from retinanet.export import ExportableRetinaNet, LevelOutputsModel, compare_detections, export_model, load_exported
 
 CATS = [{"id": 1, "name": "cat"}, {"id": 5, "name": "dog"}, {"id": 9, "name": "bird"}]
 
@@ -30,15 +30,15 @@ def _assert_same(expected: list[dict], got: list[dict]) -> None:
 @pytest.fixture
 def detector(tiny_cfg) -> Detector:
     cfg = tiny_cfg("model.head.prior_init=false", "model.head.num_convs=1", "model.test.detections_per_img=50",
-                   "model.test.topk_candidates=200")
-    return Detector(build_model(cfg), cfg, CATS, torch.device("cpu"))
+                   "model.test.topk_candidates=200", "model.category_ids=[1,5,9]", "model.class_names=[cat,dog,bird]")
+    return Detector(build_model(cfg), cfg, "cpu")
 
 
 def test_level_outputs_rebuild_dense_outputs(detector):
     x = torch.randn(2, 3, 128, 256)
     with torch.no_grad():
         ref = detector.model(x)
-        got = dense_outputs(ExportableRetinaNet(detector.model)(x), (128, 256), build_anchor_generator(detector.cfg))
+        got = LevelOutputsModel(ExportableRetinaNet(detector.model), build_anchor_generator(detector.cfg))(x)
     torch.testing.assert_close(got.cls_logits, ref.cls_logits)
     torch.testing.assert_close(got.box_deltas, ref.box_deltas)
     torch.testing.assert_close(got.anchors, ref.anchors)
@@ -47,7 +47,10 @@ def test_level_outputs_rebuild_dense_outputs(detector):
 
 @pytest.mark.parametrize("fmt,suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
 def test_round_trip_dynamic_sizes(detector, tmp_path, fmt, suffix):
-    path = export_model(detector.model, detector.cfg, detector.categories, tmp_path / f"model{suffix}", fmt)
+    detector.model.train()
+    path = export_model(detector, tmp_path / f"model{suffix}", fmt)
+    assert detector.model.training  # exporting traced a copy: the caller's model keeps its mode
+    detector.model.eval()
     exported = load_exported(path)
     assert exported.categories == CATS and exported.cfg == detector.cfg
     images = _images()
@@ -72,3 +75,16 @@ def test_export_command(tmp_path, capsys):
         del model.metadata_props[:]
         onnx.save(model, str(tmp_path / "plain.onnx"))
         load_exported(tmp_path / "plain.onnx")
+
+
+def test_compare_detections_allows_swapped_ties():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [300, 300, 400, 400], [5, 5, 50, 50]])
+    ref = {"boxes": boxes, "scores": torch.tensor([0.9, 0.9, 0.5]), "labels": torch.tensor([1, 1, 2])}
+    swapped = {"boxes": boxes[[1, 0, 2]] + 1e-3, "scores": torch.tensor([0.9, 0.9 + 6e-7, 0.5]),
+               "labels": torch.tensor([1, 1, 2])}
+    ok, box, score = compare_detections(ref, swapped)
+    assert ok and box == pytest.approx(1e-3, abs=1e-5) and score < 1e-6
+    assert not compare_detections(ref, {**swapped, "labels": torch.tensor([1, 2, 2])})[0]
+    assert not compare_detections(ref, {k: v[:2] for k, v in swapped.items()})[0]
+    moved = {**swapped, "boxes": swapped["boxes"] + torch.tensor([0.0, 0, 0, 0.5])}
+    assert not compare_detections(ref, moved)[0]

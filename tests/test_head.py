@@ -9,6 +9,7 @@ from torchvision.models.detection.retinanet import RetinaNetHead as TVHead
 
 from retinanet.checkpoint import convert_torchvision_state_dict
 from retinanet.head import RetinaNetHead
+from retinanet.outputs import flatten_levels
 
 
 def _feats(channels: int, sizes=((8, 10), (4, 5), (2, 3), (1, 2), (1, 1)), n: int = 2) -> list[torch.Tensor]:
@@ -38,7 +39,10 @@ def test_structure_and_gn():
 def test_output_shapes():
     head = RetinaNetHead(16, 9, 4)
     feats = _feats(16)
-    logits, deltas = head(feats)
+    cls_maps, box_maps = head(feats)
+    assert [m.shape for m in cls_maps] == [(2, 9 * 4, *f.shape[-2:]) for f in feats]
+    assert [m.shape for m in box_maps] == [(2, 9 * 4, *f.shape[-2:]) for f in feats]
+    logits, deltas = flatten_levels(cls_maps, box_maps, head.num_anchors)
     r = sum(f.shape[2] * f.shape[3] * 9 for f in feats)
     assert logits.shape == (2, r, 4) and deltas.shape == (2, r, 4)
 
@@ -64,7 +68,7 @@ def test_channel_to_row_ordering():
     head.cls_tower, head.box_tower = nn.Identity(), nn.Identity()
     head.cls_logits, head.box_pred = _Code(a * k), _Code(a * 4)
     sizes = ((4, 5), (2, 3), (1, 2))
-    logits, deltas = head([f.double() for f in _feats(8, sizes, n=1)])
+    logits, deltas = flatten_levels(*head([f.double() for f in _feats(8, sizes, n=1)]), a)
     start = 0
     for h, w in sizes:
         for y in range(h):
@@ -86,6 +90,6 @@ def test_equals_torchvision_head(norm):
     head.load_state_dict({k.removeprefix("head."): v for k, v in state.items()})
     feats = _feats(32)
     expected = tv(feats)
-    logits, deltas = head(feats)
+    logits, deltas = flatten_levels(*head(feats), head.num_anchors)
     torch.testing.assert_close(logits, expected["cls_logits"])
     torch.testing.assert_close(deltas, expected["bbox_regression"])

@@ -9,7 +9,7 @@ from torchvision.models.detection.retinanet import RetinaNet as TVRetinaNet
 
 from retinanet.anchors import AnchorGenerator
 from retinanet.box_coder import BoxCoder
-from retinanet.model import DenseOutputs
+from retinanet.outputs import DenseOutputs
 from retinanet.postprocess import PostProcessor, rescale_boxes
 
 K = 5

@@ -22,7 +22,7 @@ def test_gamma_constant_uses_gamma():
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
 def test_gamma_schedule_endpoints(kind):
-    cfg = LossConfig(gamma_schedule=kind, gamma_start=4.0, gamma_end=1.0)
+    cfg = LossConfig(gamma_schedule=kind, gamma=4.0, gamma_end=1.0)
     assert gamma_at(cfg, 0, 1000) == pytest.approx(4.0)
     assert gamma_at(cfg, 1000, 1000) == pytest.approx(1.0)
     assert gamma_at(cfg, 5000, 1000) == pytest.approx(1.0)  # clamped past the end
@@ -32,17 +32,17 @@ def test_gamma_schedule_endpoints(kind):
 
 
 def test_gamma_cosine_is_slower_at_start_than_linear():
-    lin = LossConfig(gamma_schedule="linear", gamma_start=4.0, gamma_end=1.0)
-    cos = LossConfig(gamma_schedule="cosine", gamma_start=4.0, gamma_end=1.0)
+    lin = LossConfig(gamma_schedule="linear", gamma=4.0, gamma_end=1.0)
+    cos = LossConfig(gamma_schedule="cosine", gamma=4.0, gamma_end=1.0)
     assert gamma_at(cos, 100, 1000) > gamma_at(lin, 100, 1000)
     assert gamma_at(cos, 100, 1000) == pytest.approx(1 + 3 * 0.5 * (1 + math.cos(math.pi * 0.1)))
 
 
 def test_gamma_step_schedule():
-    cfg = LossConfig(gamma_schedule="step", gamma_steps=(10, 20), gamma_values=(5.0, 2.0, 1.0))
+    cfg = LossConfig(gamma_schedule="step", gamma=5.0, gamma_steps=(10, 20), gamma_values=(2.0, 1.0))
     assert [gamma_at(cfg, i, 30) for i in (0, 9, 10, 19, 20, 29)] == [5.0, 5.0, 2.0, 2.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="gamma_values"):
-        gamma_at(LossConfig(gamma_schedule="step", gamma_steps=(10,), gamma_values=(1.0,)), 0, 10)
+        gamma_at(LossConfig(gamma_schedule="step", gamma_steps=(10,), gamma_values=(1.0, 2.0)), 0, 10)
 
 
 def test_unknown_gamma_schedule():

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 from retinanet.checkpoint import load_checkpoint
 from retinanet.cli import main as cli_main
-from retinanet.config import load_config
+from retinanet.config_loader import load_config
 from retinanet.data.synthetic import make_synthetic_coco
 from retinanet.engine.trainer import NonFiniteLossError, Trainer, train
 

@@ -8,11 +8,10 @@ from torchvision.ops import box_iou
 
 from retinanet.anchors import AnchorGenerator
 from retinanet.box_coder import BoxCoder
+from retinanet.build import build_model
 from retinanet.detector import Detector
-from retinanet.model import DenseOutputs, build_model
+from retinanet.outputs import DenseOutputs
 from retinanet.tta import hflip_boxes, predict_tta, tta_views
-
-CATS = [{"id": 1, "name": "cat"}, {"id": 5, "name": "dog"}, {"id": 9, "name": "bird"}]
 
 
 class BrightBoxModel(nn.Module):
@@ -47,7 +46,7 @@ def _image(x1: int, x2: int, h: int = 80, w: int = 100) -> np.ndarray:
 def _oracle(tiny_cfg, *overrides):
     cfg = tiny_cfg("input.min_size_test=128", "input.max_size_test=200", "evaluation.tta_min_sizes=[96,128,160]",
                    *overrides)
-    return Detector(BrightBoxModel(), cfg, CATS, torch.device("cpu"))
+    return Detector(BrightBoxModel(), cfg, "cpu")
 
 
 def test_views(tiny_cfg):
@@ -67,6 +66,8 @@ def test_symmetric_input_keeps_box_coordinates(tiny_cfg):
     image = _image(30, 70)  # symmetric about the vertical centre line
     plain = detector.predict(image)
     merged = predict_tta(detector, [image])[0]
+    _same(detector.predict(image, tta=True), merged)  # the Detector's switch: the same TTA and return type
+    _same(detector.predict([image], tta=True)[0], merged)
     assert len(plain["boxes"]) == len(merged["boxes"]) == 1
     torch.testing.assert_close(plain["boxes"], torch.tensor([[30.0, 20.0, 70.0, 60.0]]), atol=1.0, rtol=0)
     torch.testing.assert_close(merged["boxes"], plain["boxes"], atol=1.0, rtol=0)
@@ -87,7 +88,7 @@ def test_flipped_views_are_mapped_back(tiny_cfg):
 def test_single_view_equals_predict(tiny_cfg):
     cfg = tiny_cfg("model.head.prior_init=false", "model.head.num_convs=1", "evaluation.tta_flip=false",
                    "model.test.topk_candidates=300")
-    detector = Detector(build_model(cfg), cfg, CATS, torch.device("cpu"))
+    detector = Detector(build_model(cfg), cfg, "cpu")
     images = [np.random.RandomState(i).randint(0, 255, (90 + 20 * i, 120, 3)).astype(np.uint8) for i in range(2)]
     expected, got = detector.predict(images), predict_tta(detector, images)
     for e, g in zip(expected, got):
@@ -95,3 +96,9 @@ def test_single_view_equals_predict(tiny_cfg):
         torch.testing.assert_close(g["boxes"], e["boxes"], atol=1e-3, rtol=0)
         torch.testing.assert_close(g["scores"], e["scores"])
         assert g["labels"].tolist() == e["labels"].tolist() and g["names"] == e["names"]
+
+
+def _same(a: dict, b: dict) -> None:
+    torch.testing.assert_close(a["boxes"], b["boxes"])
+    torch.testing.assert_close(a["scores"], b["scores"])
+    assert a["labels"].tolist() == b["labels"].tolist() and a["names"] == b["names"]

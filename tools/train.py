@@ -1,8 +1,11 @@
 #!/usr/bin/env python
 """Same as `retinanet train ...`."""
 import sys
+from pathlib import Path
 
-from retinanet.cli import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from retinanet.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

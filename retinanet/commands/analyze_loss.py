@@ -45,9 +45,8 @@ def collect_losses(detector, gammas: list[float], num_images: int, max_neg: int,
 
     from ..analysis import anchor_losses
     from ..data.coco import CocoDetection
+    from ..build import build_criterion
     from ..matcher import BACKGROUND, IGNORE
-    from ..model import build_criterion
-    from ..preprocess import preprocess
 
     cfg = detector.cfg
     val = cfg.data.val
@@ -65,22 +64,20 @@ def collect_losses(detector, gammas: list[float], num_images: int, max_neg: int,
     gen = torch.Generator().manual_seed(seed)
     pos = {g: [] for g in gammas}
     neg = {g: [] for g in gammas}
-    inp, used = cfg.input, 0
+    used = 0
     count = len(dataset) if num_images <= 0 else min(num_images, len(dataset))
     for i in range(count):
         sample = dataset[i]
         if sample is None:  # unreadable image, already warned about
             continue
-        batch, sizes = preprocess([sample["image"].to(detector.device)], inp.min_size_test, inp.max_size_test,
-                                  inp.pixel_mean, inp.pixel_std, inp.size_divisible)
+        batch, sizes, _ = detector.preprocess([sample["image"]])
         (h0, w0), (h, w) = sample["orig_size"], sizes[0]
         scale = torch.tensor([w / w0, h / h0, w / w0, h / h0])
         target = {"boxes": (sample["boxes"] * scale).to(detector.device),
                   "labels": remap[sample["labels"]].to(detector.device),
                   "crowd_boxes": (sample["crowd_boxes"] * scale).to(detector.device)}
-        with torch.no_grad():
-            out = detector.model(batch)
-            matched = criterion.match(out.anchors, [target])[0]
+        out = detector.network(batch)
+        matched = criterion.match(out.anchors, [target])[0]
         labels = matched.clone()  # class for foreground, BACKGROUND (-1) or IGNORE (-2)
         fg = matched >= 0
         labels[fg] = target["labels"][matched[fg]]
@@ -147,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from ..detector import Detector
 
     gammas = _parse_gammas(args.gammas)
-    detector = Detector.from_config(args.config, args.weights, device=args.device, overrides=args.overrides)
+    detector = Detector.from_config(args.config, args.weights, args.device, args.overrides)
     pos, neg, used = collect_losses(detector, gammas, args.num_images, args.max_negatives_per_image, args.seed)
     out = Path(args.output)
     summary = write_outputs(pos, neg, out, args.points, title=f"{Path(args.weights).name}, {used} val images")

@@ -6,15 +6,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
 
-from ..checkpoint import load_checkpoint
-from ..config import Config, from_dict, load_config, merge_dict, parse_overrides
+from ..config_loader import load_config
+from . import positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="folder for metrics.json and detections.json (default: <train.output_dir>/eval)")
     p.add_argument("--results", help="score this COCO results file instead of running a model")
     p.add_argument("--annotations", help="ground truth for --results (default: data.val.annotations)")
-    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--batch-size", type=positive_int, default=2)
     p.add_argument("--max-images", type=int, help="evaluate only the first N images (by id)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: train.device)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. evaluation.tta=true")
@@ -32,40 +30,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def setup_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-
-def with_dataset_categories(cfg: Config, annotations: Optional[str]) -> Config:
-    """Fills an unset model.num_classes (and ids, names) from the annotations' categories."""
-    if cfg.model.num_classes is not None or not annotations:
-        return cfg
-    from ..evaluation import load_coco
-    cats = sorted(load_coco(annotations).dataset.get("categories", []), key=lambda c: c["id"])
-    if not cats:
-        raise ValueError(f"{annotations}: has no categories")
-    model = dataclasses.replace(cfg.model, num_classes=len(cats),
-                                category_ids=cfg.model.category_ids or tuple(c["id"] for c in cats),
-                                class_names=cfg.model.class_names or tuple(c["name"] for c in cats))
-    return dataclasses.replace(cfg, model=model)
-
-
-def load_detector(config: Optional[str], weights: Optional[str], overrides: Sequence[str], device: Optional[str],
-                  annotations_key: bool = False):
-    """Detector from ``--config`` (or the checkpoint's stored config) plus overrides and ``--weights``,
-    on ``device`` (default: train.device); with ``annotations_key`` an unset num_classes comes from
-    data.val.annotations."""
-    from ..detector import Detector
-    if not weights:
-        raise ValueError("--weights is required (a checkpoint written by `retinanet train`, or a torchvision state dict)")
-    if config:
-        cfg = load_config(config, list(overrides))
-    else:  # the training config stored in the checkpoint
-        ckpt = load_checkpoint(weights)
-        if "config" not in ckpt:
-            raise ValueError(f"{weights} stores no config: pass --config")
-        cfg = merge_dict(from_dict(ckpt["config"]), parse_overrides(list(overrides)))
-    if annotations_key:
-        cfg = with_dataset_categories(cfg, cfg.data.val.annotations)
-    return Detector.from_config(cfg, weights, device or cfg.train.device)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,7 +47,10 @@ def run(args: argparse.Namespace) -> int:
             save_metrics(metrics, Path(args.output) / "metrics.json")
         return 0
 
-    detector = load_detector(args.config, args.weights, args.overrides, args.device, annotations_key=True)
+    from ..detector import Detector
+    if not args.weights:
+        raise ValueError("--weights is required (a checkpoint written by `retinanet train`, or a torchvision state dict)")
+    detector = Detector.from_config(args.config, args.weights, args.device, args.overrides, classes_from_val=True)
     cfg = detector.cfg
     val = cfg.data.val
     for key, value in (("data.val.images", val.images), ("data.val.annotations", val.annotations)):
@@ -93,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     coco = load_coco(val.annotations)
     _check_categories(detector.categories, coco, val.annotations)
     results, evaluator = inference_on_coco(detector, val.images, coco, batch_size=args.batch_size,
-                                           tta=cfg.evaluation.tta, max_images=args.max_images)
+                                           max_images=args.max_images)
     metrics = evaluator.evaluate()
     out = Path(args.output or Path(cfg.train.output_dir) / "eval")
     out.mkdir(parents=True, exist_ok=True)

@@ -19,21 +19,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_model, load_exported
-    from .evaluate import load_detector
+    from ..detector import Detector
+    from ..export import compare_detections, export_model, load_exported
     fmt = args.format or ("onnx" if args.output.endswith(".onnx") else "torchscript")
-    detector = load_detector(args.config, args.weights, args.overrides, "cpu")
-    path = export_model(detector.model, detector.cfg, detector.categories, args.output, fmt, args.opset)
+    if not args.weights:
+        raise ValueError("--weights is required (a checkpoint written by `retinanet train`, or a torchvision state dict)")
+    detector = Detector.from_config(args.config, args.weights, "cpu", args.overrides)
+    path = export_model(detector, args.output, fmt, args.opset)
     print(f"wrote {path} ({fmt}; outputs: per-level class logits and box deltas, post-processing in Python)",
           file=sys.stderr)
     if not args.no_verify:
         # A size that is not the traced one: checks that the image size really is dynamic.
         image = np.random.default_rng(0).integers(0, 256, (301, 419, 3), dtype=np.uint8)
         ref, got = detector.predict(image), load_exported(path).predict(image)
-        n = min(len(ref["boxes"]), len(got["boxes"]))
-        box = (ref["boxes"][:n] - got["boxes"][:n]).abs().max().item() if n else 0.0
-        score = (ref["scores"][:n] - got["scores"][:n]).abs().max().item() if n else 0.0
-        ok = len(ref["boxes"]) == len(got["boxes"]) and box <= 1e-2 and score <= 1e-4
+        ok, box, score = compare_detections(ref, got)
         print(f"verify on a 301x419 image: {len(got['boxes'])} vs {len(ref['boxes'])} detections, "
               f"max box diff {box:.2e} px, max score diff {score:.2e}: {'ok' if ok else 'MISMATCH'}", file=sys.stderr)
         return 0 if ok else 1

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import re
 import sys
 from pathlib import Path
+
+from . import positive_int
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 
@@ -23,9 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="image files, folders or globs")
     p.add_argument("--output", required=True, help="folder for the drawn images and predictions.json")
     p.add_argument("--score-thresh", type=float, default=0.3, help="drawn and written detections (default 0.3)")
-    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--batch-size", type=positive_int, default=2)
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: train.device)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. evaluation.tta=true")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. evaluation.tta=true (before --input, or after --)")
 
 
 def collect_inputs(patterns: list[str]) -> tuple[list[Path], list[str]]:
@@ -46,10 +48,6 @@ def collect_inputs(patterns: list[str]) -> tuple[list[Path], list[str]]:
     return sorted(found), unmatched
 
 
-def _is_override(arg: str) -> bool:
-    return re.match(r"^[A-Za-z_]+(\.[A-Za-z_]+)+=", arg) is not None and not Path(arg).exists()
-
-
 def _output_name(path: Path, used: set[str]) -> str:
     suffix = path.suffix.lower() if path.suffix.lower() in (".jpg", ".jpeg", ".png") else ".png"
     name = path.stem + suffix
@@ -64,25 +62,26 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
+    from ..detector import Detector
     from ..evaluation import to_coco_results
     from ..preprocess import read_image
-    from ..tta import predict_tta
     from ..visualize import draw_detections
-    from .evaluate import load_detector, setup_logging
+    from .evaluate import setup_logging
 
     setup_logging()
-    # `--input a.jpg b.jpg key=value` puts the overrides into --input (nargs="+"): move them back.
-    overrides = [a for a in args.input if _is_override(a)]
-    paths, unmatched = collect_inputs([a for a in args.input if a not in overrides])
+    paths, unmatched = collect_inputs(args.input)
     for pattern in unmatched:
-        print(f"retinanet infer: no image found at {pattern}", file=sys.stderr)
+        hint = " (a config override? put key=value arguments before --input, or after --)" if "=" in pattern else ""
+        print(f"retinanet infer: no image found at {pattern}{hint}", file=sys.stderr)
     if not paths:
         print("retinanet infer: error: no input images found", file=sys.stderr)
         return 1
-    detector = load_detector(args.config, args.weights, [*args.overrides, *overrides], args.device)
     out = Path(args.output)
+    if any(p.resolve().parent == out.resolve() for p in paths):  # drawn images keep their input's name
+        print(f"retinanet infer: error: --output {out} holds input images; choose another folder", file=sys.stderr)
+        return 2
+    detector = Detector.from_config(args.config, args.weights, args.device, args.overrides)
     out.mkdir(parents=True, exist_ok=True)
-    tta = detector.cfg.evaluation.tta
     predictions, failed, used = [], [], set()
     indexed = list(enumerate(paths, start=1))
     with tqdm(total=len(paths), desc="infer", unit="img", dynamic_ncols=True) as bar:
@@ -95,12 +94,8 @@ def run(args: argparse.Namespace) -> int:
                     tqdm.write(f"retinanet infer: skipping {path}: {e}", file=sys.stderr)
                     failed.append(str(path))
             if batch:
-                images = [b[2] for b in batch]
-                dets = predict_tta(detector, images) if tta else detector.predict(images, batch_size=len(images))
+                dets = detector.predict([b[2] for b in batch], batch_size=len(batch), score_thresh=args.score_thresh)
                 for (image_id, path, image), det in zip(batch, dets):
-                    keep = (det["scores"] > args.score_thresh).nonzero().flatten().tolist()
-                    det = {"boxes": det["boxes"][keep], "scores": det["scores"][keep], "labels": det["labels"][keep],
-                           "names": [det["names"][i] for i in keep]}
                     drawn = draw_detections(image, det["boxes"].numpy(), det["names"], det["scores"].numpy(),
                                             det["labels"].numpy())
                     Image.fromarray(drawn).save(out / _output_name(path, used))

@@ -12,7 +12,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
+    from ..config_loader import load_config
     from ..engine.trainer import NonFiniteLossError, train
 
     cfg = load_config(args.config, args.overrides)

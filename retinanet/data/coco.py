@@ -19,7 +19,7 @@ from ..preprocess import read_image, to_float_tensor
 
 logger = logging.getLogger(__name__)
 
-MIN_BOX_SIZE = 1.0  # pixels; narrower or shorter boxes (after clipping to the image) are dropped
+MIN_ANNOTATION_SIZE = 1.0  # pixels; narrower or shorter boxes (after clipping to the image) are dropped
 Index = Union[int, tuple[int, Optional[int]]]
 
 
@@ -161,14 +161,14 @@ class CocoDetection(Dataset):
         with np.errstate(invalid="ignore"):
             xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1).clip(0, np.tile(wh, 2))
             bad = (~np.isfinite(xywh).all(1) | (xywh[:, 2:] < 0).any(1)
-                   | (xyxy[:, 2:] - xyxy[:, :2] < MIN_BOX_SIZE).any(1))
+                   | (xyxy[:, 2:] - xyxy[:, :2] < MIN_ANNOTATION_SIZE).any(1))
         dropped = int(bad.sum())
         if dropped:
             j = int(np.argmax(bad))
             ref = f"id {anns[j]['id']}" if "id" in anns[j] else f"[{j}]"
             logger.warning("%s: dropped %d degenerate boxes (width or height < %g px after clipping, NaN or "
                            "negative), e.g. annotation %s in image %r: bbox %s", self.annotation_file, dropped,
-                           MIN_BOX_SIZE, ref, images[anns[j]["image_id"]]["file_name"], anns[j]["bbox"])
+                           MIN_ANNOTATION_SIZE, ref, images[anns[j]["image_id"]]["file_name"], anns[j]["bbox"])
         xyxy = xyxy.astype(np.float32)
         per_image = []
         for sel in (~bad & ~crowd, ~bad & crowd):  # training boxes, then crowd regions, grouped by image

@@ -21,7 +21,7 @@ from .transforms import build_transforms
 def collate(samples: Sequence[Optional[dict]], size_divisible: int) -> dict:
     """Samples (None = bad image, dropped and counted) -> ``images`` (N, 3, H, W) zero-padded to multiples
     of ``size_divisible``, ``image_sizes`` [(h, w)], ``targets`` [{"boxes", "labels", "crowd_boxes"}],
-    ``image_ids``, ``file_names``, ``orig_sizes`` and ``skipped``. N is 0 when every sample was bad."""
+    ``image_ids`` and ``skipped``. N is 0 when every sample was bad."""
     good = [s for s in samples if s is not None]
     images = pad_batch([s["image"] for s in good], size_divisible) if good else torch.zeros(0, 3, 0, 0)
     return {
@@ -29,8 +29,6 @@ def collate(samples: Sequence[Optional[dict]], size_divisible: int) -> dict:
         "image_sizes": [tuple(s["size"]) for s in good],
         "targets": [{k: s[k] for k in ("boxes", "labels", "crowd_boxes")} for s in good],
         "image_ids": [s["image_id"] for s in good],
-        "file_names": [s["file_name"] for s in good],
-        "orig_sizes": [tuple(s["orig_size"]) for s in good],
         "skipped": len(samples) - len(good),
     }
 

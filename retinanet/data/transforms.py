@@ -18,7 +18,7 @@ from torch import Tensor
 from ..config import InputConfig
 from ..preprocess import resize_scale
 
-MIN_BOX_SIZE = 1e-2  # pixels; boxes thinner than this after a transform are dropped (zero-area)
+MIN_AUGMENTED_SIZE = 1e-2  # pixels; boxes thinner than this after a transform are dropped (zero-area)
 
 
 class ResizeShortestEdge(A.DualTransform):
@@ -85,7 +85,7 @@ class DetectionTransform:
                            labels=np.concatenate([labels, np.full(len(crowd_boxes), -1, np.int64)]))
         all_boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
         all_labels = np.asarray(out["labels"], np.int64).reshape(-1)
-        keep = (all_boxes[:, 2] - all_boxes[:, 0] > MIN_BOX_SIZE) & (all_boxes[:, 3] - all_boxes[:, 1] > MIN_BOX_SIZE)
+        keep = ((all_boxes[:, 2:] - all_boxes[:, :2]) > MIN_AUGMENTED_SIZE).all(1)
         all_boxes, all_labels = all_boxes[keep], all_labels[keep]
         crowd = all_labels < 0
         img = (out["image"].astype(np.float32) - self.mean) / self.std  # == ((x / 255) - mean) / std

@@ -1,7 +1,6 @@
 """The training loop: iterations, mixed precision, DDP, checkpoints, resume, evaluation, logging."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import random
@@ -14,12 +13,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..build import build_criterion, build_model, categories_of, checkpoint_payload, with_categories
 from ..checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from ..config import Config, dump_config, to_dict
+from ..config import Config
+from ..config_loader import dump_config
 from ..data.loader import build_dataset, build_train_loader
 from ..detector import Detector, resolve_device
-from ..model import build_criterion, build_model, count_parameters
+from ..model import count_parameters
 from ..schedules import gamma_at
+from .amp import autocast_dtype
 from .distributed import all_reduce_max, barrier, init_distributed, is_main
 from .solver import build_lr_scheduler, build_optimizer
 
@@ -44,17 +46,6 @@ def setup_logging(output_dir: Optional[Path]) -> None:
         h.setFormatter(fmt)
         h._retinanet = True  # type: ignore[attr-defined]
         log.addHandler(h)
-
-
-def _with_classes(cfg: Config, categories: list[dict]) -> Config:
-    """Fills model.num_classes / category_ids / class_names from the dataset, or checks them."""
-    m = cfg.model
-    if m.num_classes is not None and m.num_classes != len(categories):
-        raise ValueError(f"model.num_classes is {m.num_classes} but the training annotations have "
-                         f"{len(categories)} categories; remove model.num_classes to take it from the data")
-    return dataclasses.replace(cfg, model=dataclasses.replace(
-        m, num_classes=len(categories), category_ids=tuple(c["id"] for c in categories),
-        class_names=tuple(c["name"] for c in categories)))
 
 
 def _rng_state() -> dict:
@@ -86,13 +77,14 @@ class Trainer:
         random.seed(cfg.train.seed + self.rank)
 
         self.dataset = build_dataset(cfg, "train", train=True)
-        self.cfg = cfg = _with_classes(cfg, self.dataset.categories)
-        self.categories = self.dataset.categories
+        self.cfg = cfg = with_categories(cfg, self.dataset.categories, f"the training annotations "
+                                                                       f"{cfg.data.train.annotations}")
+        self.categories = categories_of(cfg)
         if cfg.solver.ims_per_batch % self.world:
             raise ValueError(f"solver.ims_per_batch ({cfg.solver.ims_per_batch}) must be divisible by the number "
                              f"of processes ({self.world})")
         model = build_model(cfg).to(self.device)
-        if cfg.train.sync_bn and self.world > 1:
+        if cfg.model.backbone.norm == "syncbn" and self.world > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
         self.ddp = (nn.parallel.DistributedDataParallel(model, device_ids=[local] if self.device.type == "cuda"
@@ -100,13 +92,8 @@ class Trainer:
         self.criterion = build_criterion(cfg).to(self.device)
         self.optimizer = build_optimizer(cfg.solver, model)
         self.scheduler = build_lr_scheduler(cfg.solver, self.optimizer)
-        amp = cfg.train.amp
-        if amp not in ("", "fp16", "bf16"):
-            raise ValueError(f"train.amp: expected '', fp16 or bf16, got {amp!r}")
-        if amp == "fp16" and self.device.type != "cuda":
-            raise ValueError("train.amp=fp16 needs CUDA; use train.amp=bf16 on the CPU")
-        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+        self.amp_dtype = autocast_dtype(cfg.train.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.start_iter = 0
         self.skipped_images = 0
         self.skipped_steps = 0
@@ -121,10 +108,9 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
     def _payload(self, iteration: int) -> dict:
-        return {"model": self.model.state_dict(), "config": to_dict(self.cfg), "categories": self.categories,
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "criterion": self.criterion.state_dict(),
-                "iteration": iteration, "rng": _rng_state()}
+        return checkpoint_payload(self.cfg, self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                                  scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+                                  criterion=self.criterion.state_dict(), iteration=iteration, rng=_rng_state())
 
     def save(self, iteration: int, final: bool = False) -> None:
         if not is_main():
@@ -164,12 +150,11 @@ class Trainer:
         if not (val.images and val.annotations):
             return {}
         from ..evaluation.inference import inference_on_coco
-        detector = Detector(self.model, self.cfg, self.categories, self.device)
-        _, evaluator = inference_on_coco(detector, val.images, val.annotations, batch_size=2,
-                                         tta=self.cfg.evaluation.tta, progress=is_main(), rank=self.rank,
-                                         world_size=self.world)
+        # The detector runs the model in eval mode and hands it back in train mode.
+        detector = Detector(self.model, self.cfg, self.device)
+        _, evaluator = inference_on_coco(detector, val.images, val.annotations, batch_size=2, progress=is_main(),
+                                         rank=self.rank, world_size=self.world)
         metrics = evaluator.evaluate()
-        self.model.train()
         if is_main() and metrics:
             log.info("iteration %d: AP %.2f AP50 %.2f AP75 %.2f", iteration, metrics["AP"], metrics["AP50"],
                      metrics["AP75"])

@@ -28,7 +28,7 @@ def _read_batch(paths: list[Path]) -> list[Optional[np.ndarray]]:
 
 
 def inference_on_coco(detector, images_root: Union[str, Path], annotations: Union[str, Path, dict, COCO],
-                      batch_size: int = 2, tta: bool = False, progress: bool = True, rank: int = 0,
+                      batch_size: int = 2, progress: bool = True, rank: int = 0,
                       world_size: int = 1, max_images: Optional[int] = None,
                       backend: Optional[str] = None) -> tuple[list[dict], COCOEvaluator]:
     """Detects objects in every image of ``annotations`` (sorted by id; this rank's share
@@ -37,10 +37,8 @@ def inference_on_coco(detector, images_root: Union[str, Path], annotations: Unio
     Returns this rank's COCO results entries and a COCOEvaluator that has processed them; call
     ``evaluator.evaluate()`` on every rank (it gathers, and scores on rank 0). Unreadable images
     are skipped with a warning and left out of the score. ``backend`` defaults to the detector
-    config's ``evaluation.backend``.
+    config's ``evaluation.backend``; ``evaluation.tta`` switches test-time augmentation on.
     """
-    from ..tta import predict_tta  # tta imports Detector helpers; keep this module light
-
     coco = load_coco(annotations)
     evaluator = COCOEvaluator(coco, backend or detector.cfg.evaluation.backend)
     root = Path(images_root)
@@ -64,7 +62,7 @@ def inference_on_coco(detector, images_root: Union[str, Path], annotations: Unio
             skipped += len(batch) - len(ok)
             if ok:
                 ids, arrays = [o[0] for o in ok], [o[1] for o in ok]
-                dets = predict_tta(detector, arrays) if tta else detector.predict(arrays, batch_size=len(arrays))
+                dets = detector.predict(arrays, batch_size=len(arrays))
                 evaluator.process(ids, dets)
             if bar is not None:
                 bar.update(len(batch))
