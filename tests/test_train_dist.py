@@ -73,3 +73,18 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     b = load_checkpoint(multi / "model_final.pth")["model"]
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert worst < 1e-4, worst
+
+
+def test_slurm_script_starts_one_torchrun_per_node_at_the_first_host(tmp_path):
+    bin_dir = tmp_path / "bin"  # stand-ins for SLURM's tools: srun runs its command once, here
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho node-a\necho node-b\n")
+    (bin_dir / "srun").write_text('#!/bin/sh\nwhile [ "${1#-}" != "$1" ]; do shift; done\nexec "$@"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = _env(DRY_RUN="1", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", SLURM_JOB_NODELIST="node-[a-b]",
+               SLURM_NNODES="2", SLURM_JOB_ID="77", SLURM_SUBMIT_DIR=str(REPO), SLURM_GPUS_ON_NODE="4")
+    out = subprocess.run(["bash", str(REPO / "scripts" / "slurm_train.sh"), "cfg.yaml", "a=1", "--resume"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert ("--nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_endpoint=node-a:29500 --rdzv_id=77 "
+            "-m retinanet.cli train --config cfg.yaml a=1 --resume") in out
