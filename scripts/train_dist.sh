@@ -19,7 +19,7 @@ if [ $# -lt 2 ]; then
     exit 2
 fi
 NPROC=$1; CONFIG=$2; shift 2
-case "$NPROC" in ''|*[!0-9]*) echo "$0: NPROC_PER_NODE must be a positive integer, got '$NPROC'" >&2; exit 2;; esac
+case "$NPROC" in ''|*[!0-9]*|0*) echo "$0: NPROC_PER_NODE must be a positive integer, got '$NPROC'" >&2; exit 2;; esac
 
 TRAIN_ARGS=(); EXTRA=()
 while [ $# -gt 0 ]; do
