@@ -13,6 +13,7 @@ COMMANDS = {
     "infer": ("retinanet.commands.infer", "detect objects in images; draw boxes and write JSON"),
     "export": ("retinanet.commands.export", "export to ONNX or TorchScript"),
     "analyze-loss": ("retinanet.commands.analyze_loss", "the paper's loss-distribution analysis"),
+    "convert": ("retinanet.commands.convert", "Pascal VOC or YOLO labels -> COCO JSON"),
 }
 
 
