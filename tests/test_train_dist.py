@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from retinanet.checkpoint import load_checkpoint
-from retinanet.config import load_config
+from retinanet.config_loader import load_config
 from retinanet.data.synthetic import make_synthetic_coco
 from retinanet.engine.trainer import train
 
