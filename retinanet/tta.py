@@ -13,20 +13,19 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .config import Config
 from .postprocess import rescale_boxes
 from .preprocess import ImageInput, to_float_tensor
 
 
-def tta_views(cfg: Config) -> list[tuple[int, int, bool]]:
-    """(min_size, max_size, flip) of every view. Extra scales keep the config's aspect cap:
-    max_size grows with min_size so a larger short side is not clipped back by the long side."""
-    inp, ev = cfg.input, cfg.evaluation
-    sizes = list(ev.tta_min_sizes) or [inp.min_size_test]
+def tta_views(min_size: int, max_size: int, min_sizes: Sequence[int] = (), flip: bool = True
+              ) -> list[tuple[int, int, bool]]:
+    """(min_size, max_size, flip) of every view: each of ``min_sizes`` (default: the test
+    ``min_size``), plain and flipped. Extra scales keep the test aspect cap: max_size grows with the
+    short side so that a larger short side is not clipped back by the long side."""
     views = []
-    for s in sizes:
-        max_size = max(inp.max_size_test, math.ceil(s * inp.max_size_test / inp.min_size_test))
-        views += [(s, max_size, False)] + ([(s, max_size, True)] if ev.tta_flip else [])
+    for s in list(min_sizes) or [min_size]:
+        cap = max(max_size, math.ceil(s * max_size / min_size))
+        views += [(s, cap, False)] + ([(s, cap, True)] if flip else [])
     return views
 
 
@@ -41,7 +40,9 @@ def predict_tta(detector, images: Sequence[ImageInput], batch_size: int = 4,
     """``Detector.predict`` with every view of ``tta_views`` (or ``views``) merged before NMS: per image
     ``boxes`` (D, 4) xyxy in original pixels, ``scores`` (D,), ``labels`` (D,) dataset category ids,
     ``names``; sorted by decreasing score."""
-    views = views if views is not None else tta_views(detector.cfg)
+    if views is None:
+        pre, ev = detector.preprocessor, detector.cfg.evaluation
+        views = tta_views(pre.min_size, pre.max_size, ev.tta_min_sizes, ev.tta_flip)
     post = detector.postprocessor
     results = []
     for start in range(0, len(images), batch_size):

@@ -49,10 +49,10 @@ def _oracle(tiny_cfg, *overrides):
     return Detector(BrightBoxModel(), cfg, "cpu")
 
 
-def test_views(tiny_cfg):
-    cfg = tiny_cfg("input.min_size_test=800", "input.max_size_test=1333", "evaluation.tta_min_sizes=[640,1000]")
-    assert tta_views(cfg) == [(640, 1333, False), (640, 1333, True), (1000, 1667, False), (1000, 1667, True)]
-    assert tta_views(tiny_cfg("evaluation.tta_flip=false")) == [(128, 160, False)]
+def test_views():
+    assert tta_views(800, 1333, [640, 1000]) == [(640, 1333, False), (640, 1333, True), (1000, 1667, False),
+                                                 (1000, 1667, True)]
+    assert tta_views(128, 160, (), flip=False) == [(128, 160, False)]
 
 
 def test_hflip_boxes_is_an_involution():
