@@ -61,10 +61,12 @@ class MatcherConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    cls_loss: str = "focal"  # focal | focal_star | bce | alpha_bce
+    cls_loss: str = "focal"  # focal | focal_star | bce | alpha_bce | modulated | poly1_focal
     alpha: float = 0.25  # < 0 disables alpha weighting
     gamma: float = 2.0
     beta: float = 1.0  # FL* shift
+    modulator: str = "power"  # modulated only: power (= focal) | cos | exp | exp_sq
+    poly_epsilon: float = 1.0  # poly1_focal only: FL + poly_epsilon * (1 - p_t)^(gamma + 1)
     # Gamma schedule: constant | linear | cosine | step. gamma_start -> gamma_end over training.
     gamma_schedule: str = "constant"
     gamma_start: float = 2.0
@@ -290,7 +292,8 @@ CHOICES = {
     "model.backbone.norm": ("frozen_bn", "bn", "syncbn"),
     "model.fpn.p6_from": ("c5", "p5"),
     "model.head.norm": ("", "gn"),
-    "model.loss.cls_loss": ("focal", "focal_star", "bce", "alpha_bce"),
+    "model.loss.cls_loss": ("focal", "focal_star", "bce", "alpha_bce", "modulated", "poly1_focal"),
+    "model.loss.modulator": ("power", "cos", "exp", "exp_sq"),
     "model.loss.box_loss": ("smooth_l1", "l1", "giou"),
     "model.loss.normalize": ("batch", "ema", "image"),
     "model.loss.gamma_schedule": ("constant", "linear", "cosine", "step"),
