@@ -64,8 +64,9 @@ def test_poly1_by_hand_and_at_epsilon_zero():
     torch.manual_seed(1)
     x, y = torch.randn(32, 4) * 3, (torch.rand(32, 4) < 0.3).float()
     assert torch.equal(poly1_focal_loss(x, y, epsilon=0.0), sigmoid_focal_loss(x, y, alpha=0.25, gamma=2.0))
-    # p_t = 3/4 for all three: FL = alpha_t (1/4)^2 ln(4/3), plus eps (1/4)^3 with no alpha (reference code).
-    fl = np.array([0.25 * (0.5 ** 2) * math.log(2), 0.25 * 0.25 ** 2 * math.log(4 / 3), 0.75 * 0.25 ** 2 * math.log(4 / 3)])
+    # p_t = 1/2, 3/4, 3/4: FL = alpha_t (1 - p_t)^2 (-log p_t), plus eps (1 - p_t)^3 without alpha (reference code).
+    fl = np.array([0.25 * 0.5 ** 2 * math.log(2), 0.25 * 0.25 ** 2 * math.log(4 / 3),
+                   0.75 * 0.25 ** 2 * math.log(4 / 3)])
     poly = 2.0 * np.array([0.5 ** 3, 0.25 ** 3, 0.25 ** 3])
     np.testing.assert_allclose(poly1_focal_loss(X, Y, epsilon=2.0).numpy(), fl + poly, rtol=1e-12)
     with pytest.raises(ValueError, match="gamma"):
@@ -126,7 +127,7 @@ def test_finite_at_extreme_logits(name):
     for loss in (modulated_bce(x, y, name, alpha=0.25), poly1_focal_loss(x, y)):
         (g,) = torch.autograd.grad(loss.sum(), x)
         assert torch.isfinite(loss).all() and torch.isfinite(g).all(), (loss, g)
-        assert loss[0].item() == pytest.approx(0.0, abs=1e-6) and loss[2].item() > 1e3  # -log p_t = 1e4 when wrong
+        assert loss[0].item() == pytest.approx(0.0, abs=1e-6) and loss[2].item() > 1e3
     logits = torch.tensor([[1e4, -1e4, 0.0], [-1e4, 1e4, 0.0]], requires_grad=True)
     loss = modulated_softmax_ce(logits, torch.tensor([0, 0]), name, reduction="sum")
     (g,) = torch.autograd.grad(loss, logits)
