@@ -156,3 +156,26 @@ def test_config_validates_modulator_and_reaches_the_criterion():
     assert cfg.model.loss.modulator == "exp" and load_config().model.loss.modulator == "power"
     crit = build_criterion(cfg)
     assert (crit.cls_loss, crit.modulator, crit.poly_epsilon) == ("modulated", "exp", 0.5)
+
+
+def test_criterion_uses_the_modulator_and_epsilon():
+    from retinanet.box_coder import BoxCoder
+    from retinanet.criterion import RetinaNetLoss
+    from retinanet.matcher import Matcher
+    from retinanet.model import DenseOutputs
+    # 3 anchors, one gt of class 1 on anchor 0; anchors 1 and 2 are background. 2 classes.
+    anchors = torch.tensor([[0.0, 0, 10, 10], [20, 0, 30, 10], [100, 100, 110, 110]])
+    out = DenseOutputs(torch.tensor([[[0.0, LN3], [-LN3, 0.0], [1.0, -1.0]]]), torch.zeros(1, 3, 4), anchors, [3])
+    targets = [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([1])}]
+    one_hot = torch.tensor([[[0.0, 1.0], [0.0, 0.0], [0.0, 0.0]]])
+
+    def cls(**kw) -> float:
+        return RetinaNetLoss(2, Matcher(0.5, 0.4, True), BoxCoder(), **kw)(out, targets)["loss_cls"].item()
+
+    # One foreground anchor: the normaliser is 1, so loss_cls is the plain sum over the 6 entries.
+    expected_cos = modulated_bce(out.cls_logits, one_hot, "cos", alpha=0.25).sum().item()
+    assert cls(cls_loss="modulated", modulator="cos") == pytest.approx(expected_cos, rel=1e-6)
+    assert cls(cls_loss="modulated") == cls(cls_loss="focal")  # default modulator: power
+    expected_poly = poly1_focal_loss(out.cls_logits, one_hot, epsilon=0.5).sum().item()
+    assert cls(cls_loss="poly1_focal", poly_epsilon=0.5) == pytest.approx(expected_poly, rel=1e-6)
+    assert cls(cls_loss="poly1_focal", poly_epsilon=0.5) > cls(cls_loss="focal")
