@@ -164,7 +164,7 @@ def classification_loss(kind: str, logits: Tensor, targets: Tensor, alpha: float
 _MODULATED = ("MODULATOR_NAMES", "modulated_bce", "modulated_softmax_ce", "poly1_focal_loss")
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     """Re-exports the modulated family of retinanet/modulated.py on first use (PEP 562).
 
     Lazily, because modulated.py imports the focal losses of this module: an eager import here would be

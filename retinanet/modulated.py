@@ -1,13 +1,13 @@
 """Modulated cross-entropy: the focal loss's family -f(p_t) log(p_t), and Poly-1 focal.
 
-Lin et al. 2017 (sec. 3.2 and appendix A) note that the exact form of the focal term is not
-critical: any factor f(p_t) that is large for small p_t (hard examples) and small for large p_t
+Lin et al. 2017 (appendix A, with FL*) argue that the exact form of the focal term matters less
+than its shape: a factor f(p_t) that is large for small p_t (hard examples) and small for large p_t
 (easy ones) focuses the loss. Besides the paper's (1 - p_t)^gamma this module offers cos(p_t),
 exp(-p_t) and exp(-p_t^2), or any callable. Poly-1 (Leng et al., ICLR 2022) adds the first
 polynomial term epsilon (1 - p_t)^(gamma + 1) to the focal loss.
 
-All functions are written with log-sigmoid / log-softmax: finite values and gradients at logits of
-+-1e4. Reused by ``retinanet.losses`` (which re-exports the public names).
+-log(p_t) comes from BCE-with-logits / log-softmax, and f(p_t) from the saturating sigmoid or
+softmax: finite values and gradients at logits of +-1e4. Reused by ``retinanet.losses`` (which re-exports the public names).
 """
 from __future__ import annotations
 

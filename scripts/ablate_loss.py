@@ -34,8 +34,8 @@ RUNS: dict[str, tuple[dict, str, str]] = {
                       "FL* γ=2, β=1", "33.8"),
     "fl_star_g4_b0": ({"model.loss.cls_loss": "focal_star", "model.loss.gamma": 4.0, "model.loss.beta": 0.0},
                       "FL* γ=4, β=0", "33.9"),
-    # Other modulating factors f(p_t) of -α_t f(p_t) log p_t (paper sec. 3.2: "the exact form is not
-    # crucial"), with FL γ=2's α=.25 so that only f changes; and Poly-1 focal (Leng et al. 2022).
+    # Other modulating factors f(p_t) of -α_t f(p_t) log p_t (does the form of the focal term matter?),
+    # with FL γ=2's α=.25 so that only f changes; and Poly-1 focal (Leng et al. 2022).
     "fl_cos": ({"model.loss.cls_loss": "modulated", "model.loss.modulator": "cos", "model.loss.alpha": 0.25},
                "cos(p_t) CE, α=.25", "–"),
     "fl_exp": ({"model.loss.cls_loss": "modulated", "model.loss.modulator": "exp", "model.loss.alpha": 0.25},
