@@ -51,7 +51,7 @@ def build_criterion(cfg: Config) -> RetinaNetLoss:
         box_coder=BoxCoder(m.box_weights),
         cls_loss=lc.cls_loss, alpha=lc.alpha, beta=lc.beta,
         box_loss=lc.box_loss, smooth_l1_beta=lc.smooth_l1_beta, box_weight=lc.box_weight,
-        normalize=lc.normalize, ema_momentum=lc.ema_momentum,
+        normalize=lc.normalize, ema_momentum=lc.ema_momentum, modulator=lc.modulator, poly_epsilon=lc.poly_epsilon,
     )
 
 

@@ -54,7 +54,7 @@ class MatcherConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    cls_loss: str = "focal"  # focal | focal_star | bce | alpha_bce
+    cls_loss: str = "focal"  # focal | focal_star | bce | alpha_bce | modulated | poly1_focal
     alpha: float = 0.25  # < 0 disables alpha weighting
     # Focal gamma at iteration 0. gamma_schedule decides how it moves (schedules.gamma_at):
     # constant; linear or cosine from gamma to gamma_end over training; step: gamma_values[i] from
@@ -65,6 +65,8 @@ class LossConfig:
     gamma_steps: tuple[int, ...] = ()
     gamma_values: tuple[float, ...] = ()
     beta: float = 1.0  # FL* shift
+    modulator: str = "power"  # modulated only: power (= focal) | cos | exp | exp_sq
+    poly_epsilon: float = 1.0  # poly1_focal only: FL + poly_epsilon * (1 - p_t)^(gamma + 1)
     # l1: Detectron2's RetinaNet configs (SMOOTH_L1_LOSS_BETA 0), MMDetection and torchvision v1.
     box_loss: str = "l1"  # l1 | smooth_l1 | giou (torchvision v2)
     smooth_l1_beta: float = 0.1  # smooth_l1 only (the paper's Detectron: 0.11); 0 is L1
@@ -191,9 +193,11 @@ def _choices() -> dict[str, tuple]:
     from .fpn import P6_SOURCES
     from .head import HEAD_NORMS
     from .losses import CLASS_LOSSES
+    from .modulated import MODULATOR_NAMES
     from .schedules import GAMMA_SCHEDULES
     return {"model.backbone.name": BACKBONES, "model.backbone.norm": NORMS, "model.fpn.p6_from": P6_SOURCES,
             "model.head.norm": HEAD_NORMS, "model.loss.cls_loss": tuple(CLASS_LOSSES),
+            "model.loss.modulator": MODULATOR_NAMES,
             "model.loss.box_loss": BOX_LOSSES, "model.loss.normalize": NORMALIZERS,
             "model.loss.gamma_schedule": GAMMA_SCHEDULES, "train.amp": tuple(AMP_MODES),
             "evaluation.backend": BACKENDS}

@@ -32,7 +32,8 @@ class RetinaNetLoss(nn.Module):
 
     def __init__(self, matcher: Matcher, box_coder: BoxCoder, cls_loss: str = "focal", alpha: float = 0.25,
                  beta: float = 1.0, box_loss: str = "l1", smooth_l1_beta: float = 0.1, box_weight: float = 1.0,
-                 normalize: str = "batch", ema_momentum: float = 0.9):
+                 normalize: str = "batch", ema_momentum: float = 0.9, modulator: str = "power",
+                 poly_epsilon: float = 1.0):
         super().__init__()
         for key, value, allowed in (("cls_loss", cls_loss, CLASS_LOSSES), ("box_loss", box_loss, BOX_LOSSES),
                                     ("normalize", normalize, NORMALIZERS)):
@@ -42,6 +43,7 @@ class RetinaNetLoss(nn.Module):
         self.cls_loss, self.alpha, self.beta = cls_loss, alpha, beta
         self.box_loss, self.smooth_l1_beta, self.box_weight = box_loss, smooth_l1_beta, box_weight
         self.normalize, self.ema_momentum = normalize, ema_momentum
+        self.modulator, self.poly_epsilon = modulator, poly_epsilon
         self.register_buffer("ema_normalizer", torch.tensor(100.0))
 
     @torch.no_grad()
@@ -68,7 +70,8 @@ class RetinaNetLoss(nn.Module):
         anchor_labels = torch.where(fg, gt_labels.gather(1, idx), k)  # k = background
         target = F.one_hot(anchor_labels, k + 1)[..., :k].to(logits.dtype)
 
-        cls = classification_loss(self.cls_loss, logits, target, self.alpha, gamma, self.beta)
+        cls = classification_loss(self.cls_loss, logits, target, self.alpha, gamma, self.beta, self.modulator,
+                                  self.poly_epsilon)
         cls_per_image = (cls.sum(-1) * valid).sum(-1)  # (N,)
 
         img_idx, anchor_idx = fg.nonzero(as_tuple=True)

@@ -93,16 +93,23 @@ def softmax_focal_loss(logits: Tensor, target_index: Tensor, gamma: float = 2.0,
         is_target = F.one_hot(safe_target, num_classes).movedim(-1, 1).bool()
         log_q = torch.logsumexp(logits.masked_fill(is_target, float("-inf")), 1) - torch.logsumexp(logits, 1)
         loss = loss * torch.exp(gamma * log_q)
+    return _softmax_weighted(loss, safe_target, valid, alpha, num_classes, reduction, "softmax_focal_loss")
+
+
+def _softmax_weighted(loss: Tensor, safe_target: Tensor, valid: Tensor,
+                      alpha: Optional[Union[float, Sequence[float], Tensor]], num_classes: int, reduction: str,
+                      name: str) -> Tensor:
+    """Per-class alpha, ignore mask and reduction shared by the softmax losses (``mean``: by summed alpha)."""
     if alpha is None:
         weight = torch.ones_like(loss)
     else:
-        a = torch.as_tensor(alpha, dtype=logits.dtype, device=logits.device)
+        a = torch.as_tensor(alpha, dtype=loss.dtype, device=loss.device)
         if a.dim() == 0:
             a = a.expand(num_classes)
         if a.shape != (num_classes,):
-            raise ValueError(f"softmax_focal_loss: alpha has {a.numel()} values for {num_classes} classes")
+            raise ValueError(f"{name}: alpha has {a.numel()} values for {num_classes} classes")
         weight = a[safe_target]
-    weight = weight * valid.to(logits.dtype)
+    weight = weight * valid.to(loss.dtype)
     loss = loss * weight
     if reduction == "mean":
         return loss.sum() / weight.sum()
@@ -120,12 +127,15 @@ def box_regression_loss(pred_deltas: Tensor, target_deltas: Tensor, beta: float 
     return _reduce(loss, reduction)
 
 
-CLASS_LOSSES = ("focal", "focal_star", "bce", "alpha_bce")
+CLASS_LOSSES = ("focal", "focal_star", "bce", "alpha_bce", "modulated", "poly1_focal")
 
 
 def classification_loss(kind: str, logits: Tensor, targets: Tensor, alpha: float, gamma: float,
-                        beta: float) -> Tensor:
-    """Elementwise detector class loss selected by name (config ``model.loss.cls_loss``)."""
+                        beta: float, modulator: str = "power", poly_epsilon: float = 1.0) -> Tensor:
+    """Elementwise detector class loss selected by name (config ``model.loss.cls_loss``).
+
+    ``modulator`` is used by ``modulated`` only, ``poly_epsilon`` by ``poly1_focal`` only.
+    """
     if kind == "focal":
         return sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma)
     if kind == "focal_star":
@@ -134,4 +144,25 @@ def classification_loss(kind: str, logits: Tensor, targets: Tensor, alpha: float
         return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
     if kind == "alpha_bce":
         return alpha_balanced_bce(logits, targets, alpha=alpha)
+    if kind in ("modulated", "poly1_focal"):
+        from .modulated import modulated_bce, poly1_focal_loss  # lazily: see __getattr__ below
+    if kind == "modulated":
+        return modulated_bce(logits, targets, modulator, gamma=gamma, alpha=alpha)
+    if kind == "poly1_focal":
+        return poly1_focal_loss(logits, targets, epsilon=poly_epsilon, alpha=alpha, gamma=gamma)
     raise ValueError(f"unknown class loss {kind!r}: expected one of {', '.join(CLASS_LOSSES)}")
+
+
+_MODULATED = ("MODULATOR_NAMES", "modulated_bce", "modulated_softmax_ce", "poly1_focal_loss")
+
+
+def __getattr__(name: str) -> object:
+    """Re-exports the modulated family of retinanet/modulated.py on first use (PEP 562).
+
+    Lazily, because modulated.py imports the focal losses of this module: an eager import here would be
+    circular whenever modulated.py were imported first.
+    """
+    if name in _MODULATED:
+        from . import modulated
+        return getattr(modulated, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

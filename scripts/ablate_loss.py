@@ -34,6 +34,16 @@ RUNS: dict[str, tuple[dict, str, str]] = {
                       "FL* γ=2, β=1", "33.8"),
     "fl_star_g4_b0": ({"model.loss.cls_loss": "focal_star", "model.loss.gamma": 4.0, "model.loss.beta": 0.0},
                       "FL* γ=4, β=0", "33.9"),
+    # Other modulating factors f(p_t) of -α_t f(p_t) log p_t (does the form of the focal term matter?),
+    # with FL γ=2's α=.25 so that only f changes; and Poly-1 focal (Leng et al. 2022).
+    "fl_cos": ({"model.loss.cls_loss": "modulated", "model.loss.modulator": "cos", "model.loss.alpha": 0.25},
+               "cos(p_t) CE, α=.25", "–"),
+    "fl_exp": ({"model.loss.cls_loss": "modulated", "model.loss.modulator": "exp", "model.loss.alpha": 0.25},
+               "exp(−p_t) CE, α=.25", "–"),
+    "fl_exp_sq": ({"model.loss.cls_loss": "modulated", "model.loss.modulator": "exp_sq", "model.loss.alpha": 0.25},
+                  "exp(−p_t²) CE, α=.25", "–"),
+    "poly1": ({"model.loss.cls_loss": "poly1_focal", "model.loss.poly_epsilon": 1.0, "model.loss.gamma": 2.0,
+               "model.loss.alpha": 0.25}, "Poly-1 FL ε=1, γ=2, α=.25", "–"),
     "fl_sched_4_1": ({"model.loss.alpha": 0.25, "model.loss.gamma_schedule": "linear", "model.loss.gamma": 4.0,
                       "model.loss.gamma_end": 1.0}, "FL, γ linear 4→1, α=.25", "–"),
     # The same without gradient clipping: does the loss (and the prior) keep training stable on its own?

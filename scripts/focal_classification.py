@@ -4,10 +4,11 @@
     python scripts/focal_classification.py                      # generated data, ~1% positives
     python scripts/focal_classification.py --csv data.csv --target label
 
-Trains the same network (same initial weights, optimizer and budget) with BCE, alpha-balanced BCE
-and the sigmoid focal loss from ``retinanet.losses``, for several seeds, and compares them by the
-area under the precision-recall curve (average precision) on a held-out stratified split. The CSV
-needs numeric feature columns and a 0/1 (or true/false) target column.
+Trains the same network (same initial weights, optimizer and budget) with BCE, alpha-balanced BCE,
+the sigmoid focal loss, the other modulated CEs -alpha_t f(p_t) log p_t with f = cos(p_t), exp(-p_t),
+exp(-p_t^2), and Poly-1 focal, all from ``retinanet.losses``, for several seeds (``--losses`` picks
+a subset), and compares them by the area under the precision-recall curve (average precision) on a
+held-out stratified split. The CSV needs numeric feature columns and a 0/1 (or true/false) target column.
 """
 from __future__ import annotations
 
@@ -22,7 +23,30 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from retinanet.losses import alpha_balanced_bce, sigmoid_focal_loss  # noqa: E402
+from retinanet.losses import alpha_balanced_bce, modulated_bce, poly1_focal_loss, sigmoid_focal_loss  # noqa: E402
+
+LOSSES = ("bce", "alpha_bce", "focal", "cos", "exp", "exp_sq", "poly1")
+
+
+def loss_sum(name: str, logits: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
+    """Summed loss ``name`` (one of LOSSES) over the batch; the modulated ones use the focal alpha."""
+    if name == "bce":
+        return nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum")
+    if name == "alpha_bce":
+        return alpha_balanced_bce(logits, y, alpha=args.alpha_bce, reduction="sum")
+    if name == "focal":
+        return sigmoid_focal_loss(logits, y, alpha=args.alpha, gamma=args.gamma, reduction="sum")
+    if name == "poly1":
+        return poly1_focal_loss(logits, y, epsilon=args.epsilon, alpha=args.alpha, gamma=args.gamma, reduction="sum")
+    return modulated_bce(logits, y, name, alpha=args.alpha, reduction="sum")
+
+
+def loss_label(name: str, args: argparse.Namespace) -> str:
+    return {"bce": "BCE", "alpha_bce": f"α-balanced BCE (α={args.alpha_bce:g})",
+            "focal": f"focal (γ={args.gamma:g}, α={args.alpha:g})",
+            "cos": f"cos(p_t) CE (α={args.alpha:g})", "exp": f"exp(−p_t) CE (α={args.alpha:g})",
+            "exp_sq": f"exp(−p_t²) CE (α={args.alpha:g})",
+            "poly1": f"Poly-1 focal (ε={args.epsilon:g}, γ={args.gamma:g}, α={args.alpha:g})"}[name]
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -108,12 +132,7 @@ def train_mlp(x: torch.Tensor, y: torch.Tensor, loss_name: str, args: argparse.N
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=1e-4)
     for _ in range(args.epochs):
         logits = model(x).squeeze(1)
-        if loss_name == "bce":
-            loss = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum")
-        elif loss_name == "alpha_bce":
-            loss = alpha_balanced_bce(logits, y, alpha=args.alpha_bce, reduction="sum")
-        else:
-            loss = sigmoid_focal_loss(logits, y, alpha=args.alpha, gamma=args.gamma, reduction="sum")
+        loss = loss_sum(loss_name, logits, y, args)
         # Normalise by the number of positives, as the detector does, so the step size is comparable.
         loss = loss / y.sum().clamp(min=1)
         opt.zero_grad()
@@ -135,8 +154,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--prior", type=float, default=0.01, help="initial positive probability (default 0.01)")
-    p.add_argument("--alpha", type=float, default=0.25, help="focal loss alpha (default 0.25, the paper's)")
+    p.add_argument("--alpha", type=float, default=0.25,
+                   help="alpha of focal, the modulated CEs and Poly-1 (default 0.25, the paper's)")
     p.add_argument("--gamma", type=float, default=2.0, help="focal loss gamma (default 2)")
+    p.add_argument("--epsilon", type=float, default=1.0, help="Poly-1 epsilon (default 1)")
+    p.add_argument("--losses", default=",".join(LOSSES), help=f"comma-separated subset of {', '.join(LOSSES)}")
     p.add_argument("--alpha-bce", type=float, default=0.75, help="alpha of the balanced BCE (default 0.75)")
     p.add_argument("--seed", type=int, default=0, help="data and split seed")
     return p.parse_args(argv)
@@ -145,6 +167,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
+    names = [n.strip() for n in args.losses.split(",") if n.strip()]
+    if not names or any(n not in LOSSES for n in names):
+        print(f"focal_classification: error: --losses must be a subset of {', '.join(LOSSES)}", file=sys.stderr)
+        return 2
     try:
         x, y = read_csv(args.csv, args.target) if args.csv else make_dataset(args.samples, args.dim, args.pos_rate,
                                                                              args.seed)
@@ -158,11 +184,10 @@ def main(argv: list[str]) -> int:
     source = str(args.csv) if args.csv else f"generated (seed {args.seed})"
     print(f"data: {source}, {len(y)} rows, {x.shape[1]} features, {y.mean():.2%} positive; "
           f"test {len(te)} rows ({int(ye.sum())} positive)")
-    losses = {"bce": "BCE", "alpha_bce": f"α-balanced BCE (α={args.alpha_bce:g})",
-              "focal": f"focal (γ={args.gamma:g}, α={args.alpha:g})"}
     print("| loss | PR AUC (mean ± std over seeds) | per seed |")
     print("|---|---|---|")
-    for name, label in losses.items():
+    for name in names:
+        label = loss_label(name, args)
         aps = []
         for s in range(args.seeds):
             model = train_mlp(xt, yt, name, args, seed=s)

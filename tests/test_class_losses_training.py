@@ -34,6 +34,10 @@ RUNS = {
     "bce": {"model.loss.cls_loss": "bce"},
     "bce_no_prior": {"model.loss.cls_loss": "bce", "model.head.prior_init": False},
     "alpha_bce": {"model.loss.cls_loss": "alpha_bce", "model.loss.alpha": 0.75},
+    "modulated_cos": {"model.loss.cls_loss": "modulated", "model.loss.modulator": "cos"},
+    "modulated_exp": {"model.loss.cls_loss": "modulated", "model.loss.modulator": "exp"},
+    "modulated_exp_sq": {"model.loss.cls_loss": "modulated", "model.loss.modulator": "exp_sq"},
+    "poly1_focal": {"model.loss.cls_loss": "poly1_focal", "model.loss.poly_epsilon": 1.0},
     "focal_linear_schedule": {"model.loss.cls_loss": "focal", "model.loss.gamma_schedule": "linear",
                               "model.loss.gamma": 4.0, "model.loss.gamma_end": 1.0},
 }
@@ -60,6 +64,14 @@ def test_every_class_loss_trains_with_finite_losses(records):
     assert len({round(v, 6) for v in first.values()}) == len(first), first
     # Box loss does not depend on the class loss at the first step (same weights, same batch).
     assert records["focal"][0]["loss_box"] == pytest.approx(records["bce"][0]["loss_box"], rel=1e-5)
+
+
+def test_flat_modulators_focus_less_than_the_focal_term(records):
+    # At the prior init every negative has p_t = 0.99: (1 - p_t)^2 = 1e-4, but cos, exp and exp_sq
+    # still weigh it 0.55, 0.37 and 0.38, and Poly-1 adds (1 - p_t)^3 > 0: a larger first class loss.
+    first = {name: recs[0]["loss_cls"] for name, recs in records.items()}
+    for name in ("modulated_cos", "modulated_exp", "modulated_exp_sq", "poly1_focal"):
+        assert first[name] > first["focal"], (name, first)
 
 
 def test_prior_init_switch_changes_the_initial_ce_loss(records):

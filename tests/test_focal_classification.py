@@ -1,4 +1,5 @@
-"""scripts/focal_classification.py: the average precision and the BCE / alpha-BCE / focal comparison."""
+"""scripts/focal_classification.py: the average precision and the comparison of BCE, alpha-BCE, focal,
+the other modulated CEs and Poly-1."""
 import importlib.util
 import re
 from pathlib import Path
@@ -11,7 +12,8 @@ spec = importlib.util.spec_from_file_location("focal_classification", SCRIPT)
 fc = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(fc)
 
-ROW = re.compile(r"^\| (BCE|α-balanced BCE \(α=[\d.]+\)|focal \(γ=[\d.]+, α=[\d.]+\)) \| ([\d.]+) ± ([\d.]+) \|", re.M)
+ROW = re.compile(r"^\| ([^|]+?) \| ([\d.]+) ± ([\d.]+) \|", re.M)
+ALL = {"BCE", "α-balanced", "focal", "cos(p_t)", "exp(−p_t)", "exp(−p_t²)", "Poly-1"}
 
 
 def test_average_precision_hand_computed():
@@ -37,17 +39,18 @@ def _rows(text: str) -> dict:
     return {m[1].split(" ")[0]: float(m[2]) for m in ROW.finditer(text)}
 
 
-def test_generated_data_compares_three_losses(capsys):
+def test_generated_data_compares_every_loss(capsys):
     x, y = fc.make_dataset(3000, 8, 0.01, seed=1)
     assert x.shape == (3000, 8) and y.mean() == pytest.approx(0.01, abs=0.002)
     rc = fc.main(["--samples", "3000", "--dim", "8", "--pos-rate", "0.03", "--epochs", "60", "--seeds", "1"])
     out = capsys.readouterr().out
     assert rc == 0
     rows = _rows(out)
-    assert set(rows) == {"BCE", "α-balanced", "focal"}, out
+    assert set(rows) == ALL, out
+    assert "| Poly-1 focal (ε=1, γ=2, α=0.25) |" in out and "| cos(p_t) CE (α=0.25) |" in out
     # Every loss learns far above chance (the positive rate).
     assert all(0.1 < v <= 1 for v in rows.values()), out
-    assert len(set(rows.values())) == 3, out  # each loss is really a different objective
+    assert len(set(rows.values())) == len(ALL), out  # each loss is really a different objective
 
 
 def test_csv_input_and_errors(tmp_path, capsys):
@@ -58,7 +61,12 @@ def test_csv_input_and_errors(tmp_path, capsys):
     assert fc.main(["--csv", str(path), "--target", "is_fraud", "--epochs", "40", "--seeds", "1"]) == 0
     out = capsys.readouterr().out
     assert "1500 rows, 4 features, 4.00% positive" in out
-    assert len(_rows(out)) == 3
+    assert len(_rows(out)) == len(ALL)
+    assert fc.main(["--csv", str(path), "--target", "is_fraud", "--epochs", "5", "--seeds", "1",
+                    "--losses", "exp_sq,poly1"]) == 0
+    assert set(_rows(capsys.readouterr().out)) == {"exp(−p_t²)", "Poly-1"}
+    assert fc.main(["--csv", str(path), "--target", "is_fraud", "--losses", "focal,tanh"]) == 2
+    assert "--losses" in capsys.readouterr().err
     path.write_text("f0,label\n1.0,0\nabc,1\n")
     assert fc.main(["--csv", str(path)]) == 2
     assert "column 'f0'" in capsys.readouterr().err
