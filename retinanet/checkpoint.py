@@ -124,7 +124,7 @@ def _load_error_message(path: Path, e: Exception) -> str:
     weights_only wraps every unpickling error in the same "Weights only load failed" text, so only
     its "Unsupported global" (a class or function to import) means code would run."""
     text = str(e)
-    if "Unsupported global" in text or "Unsupported class" in text:
+    if re.search(r"unsupported (global|class)", text, re.I):
         found = re.search(r"GLOBAL ([\w.]+)", text)
         what = f" ({found[1]})" if found else ""
         return (f"{path}: refused to load: it contains objects that could run code{what}; only tensors and "

@@ -64,7 +64,7 @@ def load_coco(annotations: Union[str, Path, dict, COCO], source: Optional[str] =
     coco.dataset = annotations
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
-    coco._retinanet_validated = True
+    coco._retinanet_validated, coco._retinanet_source = True, source  # later checks name the file
     return coco
 
 

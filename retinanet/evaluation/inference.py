@@ -46,7 +46,7 @@ def inference_on_coco(detector, images_root: Union[str, Path], annotations: Unio
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
     # A file_name such as '../../etc/x' must not make evaluation open files outside the image folder.
-    source = annotations if isinstance(annotations, (str, Path)) else "the ground-truth annotations"
+    source = getattr(coco, "_retinanet_source", "the ground-truth annotations")
     check_image_paths(coco.dataset["images"], root, source)
     images = sorted(coco.dataset["images"], key=lambda im: im["id"])[:max_images][rank::world_size]
     batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
