@@ -124,6 +124,11 @@ class Trainer:
                                   scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
                                   criterion=self.criterion.state_dict(), iteration=iteration, rng=_rng_state())
 
+    @property
+    def skipped_images(self) -> int:
+        """Distinct training images that could not be read so far."""
+        return len(self._bad_images)
+
     def save(self, iteration: int, final: bool = False) -> None:
         if not is_main():
             return
@@ -263,7 +268,7 @@ class Trainer:
         if is_main():
             if metrics:
                 write_json(self.output / "metrics.json", metrics, indent=2)
-            log.info("done: %d bad images skipped, %d non-finite steps skipped", len(self._bad_images),
+            log.info("done: %d bad images skipped, %d non-finite steps skipped", self.skipped_images,
                      self.skipped_steps)
             self.writer.close()
         return metrics
