@@ -6,8 +6,10 @@ Our format is a dict ``{"format": "retinanet-v1", "model": state_dict, "config":
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Union
@@ -16,49 +18,120 @@ import torch
 from torch import nn
 
 FORMAT = "retinanet-v1"
+TMP_SUFFIX = ".tmp"
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, unsafe, or does not fit the model."""
 
 
+class NonFiniteWeightsError(CheckpointError):
+    """A state dict holds NaN or Inf values; such a model is never written, loaded or scored."""
+
+
+def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` holding NaN or Inf (parameters and buffers:
+    a BatchNorm running variance that became NaN breaks the model as surely as a weight)."""
+    return [k for k, v in state.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def _nonfinite_message(names: list[str]) -> str:
+    more = f" (+{len(names) - 10} more)" if len(names) > 10 else ""
+    return f"{len(names)} tensor(s) hold NaN or Inf: {', '.join(names[:10])}{more}"
+
+
 def save_checkpoint(path: Union[str, Path], payload: dict[str, Any]) -> None:
-    """Writes atomically: a temp file in the same folder, fsync, then rename over ``path``."""
+    """Writes atomically: a temp file in the same folder, fsync, then rename over ``path``.
+
+    Refuses (NonFiniteWeightsError) a ``model`` state dict with non-finite values. A failed write
+    (full disk, no permission) raises OSError naming ``path`` and the cause, and leaves no temp file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    bad = nonfinite_tensors(payload["model"]) if isinstance(payload.get("model"), dict) else []
+    if bad:
+        raise NonFiniteWeightsError(f"not writing {path}: the model's {_nonfinite_message(bad)}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=TMP_SUFFIX)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write checkpoint {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, **payload}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, (OSError, RuntimeError)):
+            raise _write_error(path, e) from None
         raise
 
 
-def load_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
+def _write_error(path: Path, e: BaseException) -> OSError:
+    """A one-line OSError for a failed checkpoint write. torch.save reports a full disk as a
+    RuntimeError from its zip writer ("file write failed"), so the free space is checked too."""
+    code = getattr(e, "errno", None)
+    try:
+        full = shutil.disk_usage(path.parent).free < 1 << 20
+    except OSError:
+        full = False
+    if code == errno.ENOSPC or (code is None and full):
+        return OSError(errno.ENOSPC, f"cannot write checkpoint {path}: no space left on device")
+    if isinstance(e, OSError):
+        return OSError(code, f"cannot write checkpoint {path}: {e.strerror or e}")
+    return OSError(code or errno.EIO, f"cannot write checkpoint {path}: {str(e).splitlines()[-1][:200]}")
+
+
+def remove_stale_temp_files(folder: Union[str, Path]) -> list[Path]:
+    """Removes the temp files a killed ``save_checkpoint`` left in ``folder`` (each as large as a
+    checkpoint); returns them. Call only when no other process is saving into ``folder``."""
+    removed = []
+    for tmp in Path(folder).glob(f"*.pth.*{TMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def load_checkpoint(path: Union[str, Path], allow_nonfinite: bool = False) -> dict[str, Any]:
     """Loads a checkpoint on the CPU. Returns our format as is; a bare state dict (ours or
-    torchvision's) comes back as ``{"model": state_dict}``."""
+    torchvision's) comes back as ``{"model": state_dict}``. Weights holding NaN or Inf raise
+    NonFiniteWeightsError naming the tensors, unless ``allow_nonfinite``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
     except Exception as e:  # noqa: BLE001 - pickle errors come in many types
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            raise CheckpointError(f"{path}: refused to load: it holds Python objects that could run code "
-                                  f"(only tensors and plain data are accepted). {msg}") from None
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {msg}") from None
+        raise CheckpointError(_load_error_message(path, e)) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a dict, got {type(data).__name__}")
-    if "model" in data and isinstance(data["model"], dict):
-        return data
-    if all(isinstance(v, torch.Tensor) for v in data.values()):
-        return {"model": data}
-    raise CheckpointError(f"{path}: has no 'model' state dict (keys: {sorted(data)[:10]})")
+    if not ("model" in data and isinstance(data["model"], dict)):
+        if not all(isinstance(v, torch.Tensor) for v in data.values()):
+            raise CheckpointError(f"{path}: has no 'model' state dict (keys: {sorted(data)[:10]})")
+        data = {"model": data}
+    bad = [] if allow_nonfinite else nonfinite_tensors(data["model"])
+    if bad:
+        raise NonFiniteWeightsError(f"{path}: unusable weights: {_nonfinite_message(bad)} (the run that wrote "
+                                    f"it diverged; use an earlier checkpoint)")
+    return data
+
+
+def _load_error_message(path: Path, e: Exception) -> str:
+    """Tells a file that is not a checkpoint at all from a pickle that would construct objects.
+    weights_only wraps every unpickling error in the same "Weights only load failed" text, so only
+    its "Unsupported global" (a class or function to import) means code would run."""
+    text = str(e)
+    if re.search(r"unsupported (global|class)", text, re.I):
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found[1]})" if found else ""
+        return (f"{path}: refused to load: it contains objects that could run code{what}; only tensors and "
+                f"plain data are accepted")
+    detail = re.search(r"WeightsUnpickler error:\s*(.+?)(\n\n|$)", text, re.S)
+    cause = detail[1].strip() if detail else f"{type(e).__name__} {text}".strip()
+    return f"{path}: not a PyTorch checkpoint (unreadable as one: {cause.splitlines()[0][:160]})"
 
 
 def is_torchvision_state_dict(state: dict) -> bool:

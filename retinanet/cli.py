@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Optional
 
@@ -21,6 +22,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="retinanet", description=__doc__)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: environment RETINANET_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     name = next((a for a in argv if not a.startswith("-")), None)
     for cmd, (module, help_text) in COMMANDS.items():
@@ -37,14 +40,27 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     from retinanet.config import ConfigError
     from retinanet.checkpoint import CheckpointError
+    debug = args.debug or os.environ.get("RETINANET_DEBUG", "") not in ("", "0")
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"retinanet {args.command}: error: {e}", file=sys.stderr)
+    except (ConfigError, CheckpointError, ValueError, OSError) as e:
+        # Expected faults (bad input, a full disk, no permission) get one line naming the path and
+        # the cause; the traceback only helps when debugging the code itself.
+        if debug:
+            raise
+        print(f"retinanet {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"retinanet {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line; an OSError as "PATH: cause" (its str() is "[Errno 28] ...")."""
+    if isinstance(e, OSError) and e.strerror:
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror}"
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":

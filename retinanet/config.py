@@ -224,8 +224,22 @@ def validate(cfg: Config) -> Config:
         problems.append(f"solver.max_iter must be > 0, got {s.max_iter}")
     if any(b <= a for a, b in zip(s.steps, s.steps[1:])):
         problems.append(f"solver.steps must be strictly increasing, got {list(s.steps)}")
+    elif s.max_iter > 0 and any(not 0 < v < s.max_iter for v in s.steps):
+        # A step at or past max_iter never happens: the schedule would silently differ from the one asked for.
+        problems.append(f"solver.steps must lie in (0, solver.max_iter={s.max_iter}), got {list(s.steps)}; when "
+                        f"shortening a run, scale the steps too (or set solver.steps=[])")
+    if not 0 < s.base_lr < float("inf"):  # also catches NaN
+        problems.append(f"solver.base_lr must be a positive number, got {s.base_lr}")
     if s.warmup_iters < 0:
         problems.append(f"solver.warmup_iters must be >= 0, got {s.warmup_iters}")
+    elif s.max_iter > 0 and s.warmup_iters > s.max_iter:
+        problems.append(f"solver.warmup_iters ({s.warmup_iters}) must be <= solver.max_iter ({s.max_iter})")
+    t = cfg.train
+    for key, value, low in (("train.log_period", t.log_period, 1), ("train.keep_last", t.keep_last, 1),
+                            ("train.checkpoint_period", t.checkpoint_period, 0),
+                            ("train.eval_period", t.eval_period, 0)):
+        if value < low:
+            problems.append(f"{key} must be >= {low}, got {value}")
     if s.ims_per_batch < 1:
         problems.append(f"solver.ims_per_batch must be >= 1, got {s.ims_per_batch}")
     if cfg.dataloader.num_workers < 0:

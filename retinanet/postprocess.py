@@ -1,6 +1,7 @@
 """Dense outputs -> per-image detections: per-level top-k, decode, clip, class-aware NMS."""
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
@@ -9,6 +10,8 @@ from torchvision.ops import batched_nms
 
 from .box_coder import BoxCoder
 from .outputs import DenseOutputs
+
+logger = logging.getLogger(__name__)
 
 
 class PostProcessor:
@@ -46,7 +49,16 @@ class PostProcessor:
         sizes = torch.as_tensor(image_sizes, dtype=boxes.dtype, device=boxes.device)  # (N, 2) as (H, W)
         upper = sizes.flip(1).repeat(1, 2).unsqueeze(1)  # (N, 1, 4): W, H, W, H
         boxes = torch.minimum(boxes.clamp(min=0), upper)
-        return boxes, scores, labels, scores > self.score_thresh
+        # A model with NaN weights or a NaN input gives NaN boxes and scores; pycocotools would count a
+        # NaN box as a match and drawing cannot place one. Drop them (zeroed, so no caller sees a NaN).
+        finite = torch.isfinite(boxes).all(-1) & torch.isfinite(scores)
+        n_bad = int((~finite).sum())  # one sync per batch; the per-image NMS below syncs anyway
+        if n_bad:
+            logger.warning("dropped %d candidate detection(s) with a non-finite box or score (the model's "
+                           "outputs hold NaN or Inf)", n_bad)
+            boxes = torch.where(finite.unsqueeze(-1), boxes, torch.zeros((), dtype=boxes.dtype, device=boxes.device))
+            scores = torch.where(finite, scores, torch.zeros((), dtype=scores.dtype, device=scores.device))
+        return boxes, scores, labels, (scores > self.score_thresh) & finite
 
     def select(self, boxes: Tensor, scores: Tensor, labels: Tensor) -> Tensor:
         """One image's candidates (D, 4), (D,), (D,) -> indices kept by class-aware NMS, best first,

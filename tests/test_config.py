@@ -117,7 +117,7 @@ def test_dump_load_round_trip(tmp_path):
 
 
 def test_base_chain(tmp_path):
-    (tmp_path / "base.yaml").write_text("model:\n  num_classes: 5\n  fpn: {channels: 64, p6_from: p5}\nsolver: {max_iter: 10}\n")
+    (tmp_path / "base.yaml").write_text("model:\n  num_classes: 5\n  fpn: {channels: 64, p6_from: p5}\nsolver: {max_iter: 10, steps: [], warmup_iters: 5}\n")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "mid.yaml").write_text("_base_: ../base.yaml\nmodel:\n  fpn: {channels: 128}\n")
     (tmp_path / "sub" / "top.yaml").write_text("_base_: mid.yaml\nsolver: {max_iter: 20}\n")

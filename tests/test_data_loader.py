@@ -40,7 +40,7 @@ def test_collate_pads_to_multiples_and_counts_skipped():
     batch = collate(samples, size_divisible=128)
     assert batch["images"].shape == (2, 3, 384, 256) and batch["skipped"] == 2
     assert batch["image_sizes"] == [(100, 130), (257, 60)] and batch["image_ids"] == [1, 2]
-    assert set(batch) == {"images", "image_sizes", "targets", "image_ids", "skipped"}
+    assert set(batch) == {"images", "image_sizes", "targets", "image_ids", "skipped", "skipped_ids"}
     assert torch.equal(batch["images"][0, :, :100, :130], samples[0]["image"])
     assert batch["images"][0, :, 100:].abs().sum() == 0 and batch["images"][0, :, :, 130:].abs().sum() == 0
     assert torch.equal(batch["targets"][1]["boxes"], samples[2]["boxes"]) and set(batch["targets"][0]) == \

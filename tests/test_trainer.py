@@ -125,7 +125,7 @@ def test_bad_images_and_empty_images_are_survived(tmp_path):
     trainer = Trainer(load_config(None, tiny_overrides(root, out, **{"data.val.annotations": "",
                                                                      "solver.max_iter": 8})))
     trainer.train()
-    assert trainer.skipped_images > 0
+    assert trainer.skipped_images == 2  # distinct files, however often they were drawn
     assert (out / "model_final.pth").is_file()
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 from pathlib import Path
+
+from ..jsonio import write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -136,7 +137,7 @@ def write_outputs(pos: dict, neg: dict, out_dir: Path, points: int, title: str =
         f"{g:g}": {"neg_hardest_1pct": hardest_share(neg[g], 0.01), "neg_hardest_10pct": hardest_share(neg[g], 0.10),
                    "pos_hardest_10pct": hardest_share(pos[g], 0.10), "pos_hardest_50pct": hardest_share(pos[g], 0.50)}
         for g in gammas}}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out_dir / "summary.json", summary, indent=2)
     return summary
 
 

@@ -6,12 +6,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 from ..config_loader import load_config
+from ..jsonio import write_json
 from . import positive_int
 
 
@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", help="score this COCO results file instead of running a model")
     p.add_argument("--annotations", help="ground truth for --results (default: data.val.annotations)")
     p.add_argument("--batch-size", type=positive_int, default=2)
-    p.add_argument("--max-images", type=int, help="evaluate only the first N images (by id)")
+    p.add_argument("--max-images", type=positive_int, help="evaluate only the first N images (by id)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: train.device)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. evaluation.tta=true")
 
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output or Path(cfg.train.output_dir) / "eval")
     out.mkdir(parents=True, exist_ok=True)
     save_metrics(metrics, out / "metrics.json")
-    (out / "detections.json").write_text(json.dumps(results))
+    write_json(out / "detections.json", results)
     print(format_metrics_table(metrics))
     print(f"wrote {out / 'metrics.json'} and {out / 'detections.json'} ({len(results)} detections)"
           + (" with TTA" if cfg.evaluation.tta else ""), file=sys.stderr)

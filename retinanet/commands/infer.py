@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import sys
 from pathlib import Path
 
+from ..jsonio import write_json
 from . import positive_int
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                     Image.fromarray(drawn).save(out / _output_name(path, used))
                     predictions += [{**r, "file_name": str(path)} for r in to_coco_results(image_id, det)]
             bar.update(len(indexed[start:start + args.batch_size]))
-    (out / "predictions.json").write_text(json.dumps(predictions, indent=1))
+    write_json(out / "predictions.json", predictions, indent=1)
     done = len(paths) - len(failed)
     print(f"{done} image(s), {len(predictions)} detection(s) above {args.score_thresh} -> {out}"
           + (f"; {len(failed)} unreadable: {', '.join(failed)}" if failed else ""), file=sys.stderr)

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..preprocess import read_image, to_float_tensor
+from .validate import CocoFormatError, check_top_level, validate_coco
 
 logger = logging.getLogger(__name__)
 
@@ -23,16 +23,8 @@ MIN_ANNOTATION_SIZE = 1.0  # pixels; narrower or shorter boxes (after clipping t
 Index = Union[int, tuple[int, Optional[int]]]
 
 
-class DatasetError(ValueError):
-    """An annotation file or image entry is malformed; the message names the file and the entry."""
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+# An annotation file or image entry is malformed; the message names the file and the entry.
+DatasetError = CocoFormatError
 
 
 class CocoDetection(Dataset):
@@ -75,67 +67,16 @@ class CocoDetection(Dataset):
             raise self._err(f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
         except (OSError, UnicodeDecodeError) as e:
             raise self._err(f"cannot read: {e}") from None
-        if not isinstance(data, dict):
-            raise self._err(f"top level must be an object, got {type(data).__name__}")
-        for key in ("images", "annotations", "categories"):
-            if key not in data:
-                raise self._err(f"missing top-level key '{key}'")
-            if not isinstance(data[key], list):
-                raise self._err(f"'{key}' must be a list, got {type(data[key]).__name__}")
+        check_top_level(data, self.annotation_file)
         return data
 
     def _validate(self, data: dict) -> tuple[list[dict], dict[int, dict], list]:
-        categories: dict[int, dict] = {}
-        for i, c in enumerate(data["categories"]):
-            where = f"categories[{i}]"
-            self._check_fields(c, where, {"id": _is_int, "name": lambda v: isinstance(v, str)})
-            if c["id"] in categories:
-                raise self._err(f"{where}: duplicate category id {c['id']}")
-            categories[c["id"]] = {"id": c["id"], "name": c["name"]}
-        if not categories:
-            raise self._err("'categories' is empty")
-
-        root = self.root.resolve()
-        images: dict[int, dict] = {}
-        for i, im in enumerate(data["images"]):
-            where = f"images[{i}]"
-            self._check_fields(im, where, {"id": _is_int, "file_name": lambda v: isinstance(v, str) and v != "",
-                                           "height": lambda v: _is_int(v) and v > 0,
-                                           "width": lambda v: _is_int(v) and v > 0})
-            where = f"images[{i}] (id {im['id']})"
-            if im["id"] in images:
-                raise self._err(f"{where}: duplicate image id")
-            # realpath follows symlinks, so '..', absolute names and links out of the root are all caught.
-            path = os.path.realpath(root / im["file_name"])
-            if os.path.commonpath([path, str(root)]) != str(root):
-                raise self._err(f"{where}: file_name {im['file_name']!r} resolves outside the image root {root}")
-            images[im["id"]] = {"file_name": im["file_name"], "height": im["height"], "width": im["width"]}
-
+        # The shared validator reports every malformed entry; degenerate boxes pass, to be dropped below.
+        validate_coco(data, self.annotation_file, "train", self.root)
+        categories = {c["id"]: {"id": c["id"], "name": c["name"]} for c in data["categories"]}
+        images = {im["id"]: {"file_name": im["file_name"], "height": im["height"], "width": im["width"]}
+                  for im in data["images"]}
         return [categories[k] for k in sorted(categories)], images, data["annotations"]
-
-    def _check_fields(self, entry: Any, where: str, checks: dict[str, Callable[[Any], bool]]) -> None:
-        if not isinstance(entry, dict):
-            raise self._err(f"{where}: must be an object, got {type(entry).__name__}")
-        for key, ok in checks.items():
-            if key not in entry:
-                raise self._err(f"{where}: missing key '{key}'")
-            if not ok(entry[key]):
-                raise self._err(f"{where}: invalid '{key}': {entry[key]!r}")
-
-    def _check_annotation(self, i: int, a: Any, images: dict, categories: dict) -> None:
-        """Raises the error for a malformed annotation (the slow path: only called once one is found)."""
-        where = f"annotations[{i}]" + (f" (id {a['id']})" if isinstance(a, dict) and "id" in a else "")
-        self._check_fields(a, where, {"image_id": _is_int, "category_id": _is_int})
-        if a["image_id"] not in images:
-            raise self._err(f"{where}: image_id {a['image_id']} is not in 'images'")
-        if a["category_id"] not in categories:
-            raise self._err(f"{where}: category_id {a['category_id']} is not in 'categories'")
-        bbox = a.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_num(v) for v in bbox):
-            raise self._err(f"{where}: bbox must be 4 numbers [x, y, w, h], got {bbox!r}")
-        if a.get("iscrowd", 0) not in (0, 1):
-            raise self._err(f"{where}: iscrowd must be 0 or 1, got {a.get('iscrowd')!r}")
-        raise AssertionError(f"{where} failed the fast check only")  # pragma: no cover
 
     def _build_targets(self, images: dict[int, dict], anns: list) -> None:
         """Validates annotations; xywh -> xyxy clipped to the image, degenerate boxes dropped and counted,
@@ -154,8 +95,8 @@ class CocoDetection(Dataset):
                 img_idx[i], labels[i] = pos[a["image_id"]], self.cat_id_to_label[a["category_id"]]
             except (KeyError, TypeError):
                 ok = False
-            if not ok:
-                self._check_annotation(i, a, images, self.cat_id_to_label)
+            if not ok:  # pragma: no cover - validate_coco has reported every malformed annotation
+                raise self._err(f"annotations[{i}] failed the fast check only")
             crowd[i], xywh[i] = iscrowd, bbox
         wh = np.array([(v["width"], v["height"]) for v in images.values()], np.float64).reshape(-1, 2)[img_idx]
         with np.errstate(invalid="ignore"):

@@ -22,7 +22,7 @@ def collate(samples: Sequence[Optional[dict]], size_divisible: int) -> dict:
     """Samples (None = bad image, dropped and counted) -> ``images`` (N, 3, H, W) zero-padded to multiples
     of ``size_divisible``, ``image_sizes`` [(h, w)], ``targets`` [{"boxes", "labels", "crowd_boxes"}],
     ``image_ids`` and ``skipped``. N is 0 when every sample was bad."""
-    good = [s for s in samples if s is not None]
+    good = [s for s in samples if s is not None and "image" in s]
     images = pad_batch([s["image"] for s in good], size_divisible) if good else torch.zeros(0, 3, 0, 0)
     return {
         "images": images,
@@ -30,7 +30,27 @@ def collate(samples: Sequence[Optional[dict]], size_divisible: int) -> dict:
         "targets": [{k: s[k] for k in ("boxes", "labels", "crowd_boxes")} for s in good],
         "image_ids": [s["image_id"] for s in good],
         "skipped": len(samples) - len(good),
+        # Which images, where known (build_train_loader's NamedSkips): a bad file is drawn every epoch,
+        # so a count of occurrences would overstate how many files are bad.
+        "skipped_ids": [s["skipped_id"] for s in samples if s is not None and "skipped_id" in s],
     }
+
+
+class NamedSkips(torch.utils.data.Dataset):
+    """``dataset[i]``, with a bad image (None) replaced by ``{"skipped_id": its image id}``."""
+
+    def __init__(self, dataset: CocoDetection):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        sample = self.dataset[index]
+        if sample is None:
+            i = index[0] if isinstance(index, (tuple, list)) else index
+            return {"skipped_id": self.dataset.ids[i]}
+        return sample
 
 
 class TrainBatchSampler(Sampler):
@@ -95,7 +115,7 @@ def build_train_loader(cfg: Config, dataset: CocoDetection, rank: int = 0, world
     sampler = TrainBatchSampler(dataset, cfg.solver.ims_per_batch, cfg.train.seed, rank, world_size,
                                 cfg.dataloader.aspect_ratio_grouping, start_iter)
     workers = cfg.dataloader.num_workers
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
+    return DataLoader(NamedSkips(dataset), batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
                       collate_fn=functools.partial(collate, size_divisible=cfg.input.size_divisible),
                       worker_init_fn=_worker_init, pin_memory=torch.cuda.is_available())
 

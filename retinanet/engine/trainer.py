@@ -14,15 +14,18 @@ import torch
 from torch import nn
 
 from ..build import build_criterion, build_model, categories_of, checkpoint_payload, with_categories
-from ..checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from ..checkpoint import load_checkpoint, load_model_state, nonfinite_tensors, save_checkpoint
 from ..config import Config
 from ..config_loader import dump_config
 from ..data.loader import build_dataset, build_train_loader
 from ..detector import Detector, resolve_device
+from ..jsonio import dumps_finite, write_json
 from ..model import count_parameters
 from ..schedules import gamma_at
 from .amp import autocast_dtype
 from .distributed import all_reduce_max, barrier, init_distributed, is_main
+from .run_dir import (check_output_dir, check_readable, clean_stale_temp_files, load_val, periodic_checkpoints,
+                      prune, set_aside_metrics)
 from .solver import build_lr_scheduler, build_optimizer
 
 log = logging.getLogger("retinanet")
@@ -61,8 +64,10 @@ def _set_rng_state(state: dict) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, output_dir: Optional[str] = None, resume: bool = False):
+    def __init__(self, cfg: Config, output_dir: Optional[str] = None, resume: bool = False,
+                 overwrite: bool = False):
         self.output = Path(output_dir or cfg.train.output_dir)
+        check_output_dir(self.output, resume, overwrite)  # before anything is written into it
         self.device = resolve_device(cfg.train.device)
         self.rank, self.world, local = init_distributed(self.device.type)
         if self.device.type == "cuda" and self.world > 1:
@@ -72,11 +77,17 @@ class Trainer:
             (self.output / "checkpoints").mkdir(exist_ok=True)
         barrier()
         setup_logging(self.output if is_main() else None)
+        if is_main():  # no other process saves into this folder now: any temp file is stale
+            clean_stale_temp_files(self.output)
+            if overwrite and not resume:
+                set_aside_metrics(self.output)
         torch.manual_seed(cfg.train.seed + self.rank)
         np.random.seed(cfg.train.seed + self.rank)
         random.seed(cfg.train.seed + self.rank)
 
         self.dataset = build_dataset(cfg, "train", train=True)
+        check_readable(self.dataset, cfg.data.train.images)
+        self.val_coco = load_val(cfg.data.val)  # validated now rather than after the whole run
         self.cfg = cfg = with_categories(cfg, self.dataset.categories, f"the training annotations "
                                                                        f"{cfg.data.train.annotations}")
         self.categories = categories_of(cfg)
@@ -95,8 +106,9 @@ class Trainer:
         self.amp_dtype = autocast_dtype(cfg.train.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.start_iter = 0
-        self.skipped_images = 0
         self.skipped_steps = 0
+        self._bad_images: set = set()  # distinct unreadable files (a file is drawn again every epoch)
+        self._written: list[Path] = []  # periodic checkpoints of this run: the only ones pruning may delete
         if resume:
             self._resume()
         if is_main():
@@ -112,18 +124,26 @@ class Trainer:
                                   scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
                                   criterion=self.criterion.state_dict(), iteration=iteration, rng=_rng_state())
 
+    @property
+    def skipped_images(self) -> int:
+        """Distinct training images that could not be read so far."""
+        return len(self._bad_images)
+
     def save(self, iteration: int, final: bool = False) -> None:
         if not is_main():
             return
-        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
-            raise NonFiniteLossError(f"iteration {iteration}: weights are not finite; no checkpoint written")
+        bad = nonfinite_tensors(self.model.state_dict())  # buffers too: NaN BatchNorm statistics
+        if bad:
+            raise NonFiniteLossError(f"iteration {iteration}: {len(bad)} model tensor(s) hold NaN or Inf ("
+                                     f"{', '.join(bad[:5])}); no checkpoint written, the last one is intact")
         ckpt_dir = self.output / "checkpoints"
         payload = self._payload(iteration)
         if not final:
-            save_checkpoint(ckpt_dir / f"model_{iteration:07d}.pth", payload)
-            periodic = sorted(ckpt_dir.glob("model_*.pth"))
-            for old in periodic[: max(0, len(periodic) - self.cfg.train.keep_last)]:
-                old.unlink()
+            path = ckpt_dir / f"model_{iteration:07d}.pth"
+            save_checkpoint(path, payload)
+            if path not in self._written:
+                self._written.append(path)
+            prune(self._written, self.cfg.train.keep_last)
         save_checkpoint(ckpt_dir / "last.pth", payload)
         if final:
             save_checkpoint(self.output / "model_final.pth", {k: payload[k] for k in ("model", "config", "categories")}
@@ -135,6 +155,10 @@ class Trainer:
             log.info("--resume: no %s yet, starting from scratch", path)
             return
         ckpt = load_checkpoint(path)
+        if int(ckpt["iteration"]) > self.cfg.solver.max_iter:
+            raise ValueError(f"--resume: {path} is at iteration {ckpt['iteration']}, beyond solver.max_iter="
+                             f"{self.cfg.solver.max_iter}; resuming would rewind it. Raise solver.max_iter, or "
+                             f"train into another --output-dir")
         load_model_state(self.model, ckpt["model"], source=str(path))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -142,6 +166,8 @@ class Trainer:
         self.criterion.load_state_dict(ckpt["criterion"])
         _set_rng_state(ckpt["rng"])
         self.start_iter = int(ckpt["iteration"])
+        # The earlier part of this run wrote these; later ones (none, normally) are left alone.
+        self._written = periodic_checkpoints(self.output / "checkpoints", up_to=self.start_iter)
         log.info("resumed from %s at iteration %d", path, self.start_iter)
 
     # -- evaluation -------------------------------------------------------------------------
@@ -152,7 +178,7 @@ class Trainer:
         from ..evaluation.inference import inference_on_coco
         # The detector runs the model in eval mode and hands it back in train mode.
         detector = Detector(self.model, self.cfg, self.device)
-        _, evaluator = inference_on_coco(detector, val.images, val.annotations, batch_size=2, progress=is_main(),
+        _, evaluator = inference_on_coco(detector, val.images, self.val_coco, batch_size=2, progress=is_main(),
                                          rank=self.rank, world_size=self.world)
         metrics = evaluator.evaluate()
         if is_main() and metrics:
@@ -175,7 +201,7 @@ class Trainer:
         from ..preprocess import read_image
         from ..visualize import draw_detections
         if not hasattr(self, "_vis_info"):  # the val JSON can be large: read it once per run
-            self._vis_info = json.loads(Path(self.cfg.data.val.annotations).read_text())["images"][:n]
+            self._vis_info = self.val_coco.dataset["images"][:n]
         for i, im in enumerate(self._vis_info):
             try:
                 image = read_image(Path(self.cfg.data.val.images) / im["file_name"])
@@ -191,7 +217,7 @@ class Trainer:
 
     def _log_jsonl(self, record: dict) -> None:
         with open(self.output / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(dumps_finite(record) + "\n")  # a NaN loss is logged as null: the file stays valid JSON
 
     # -- training ---------------------------------------------------------------------------
     def train(self) -> dict:
@@ -214,7 +240,7 @@ class Trainer:
         t_last = time.perf_counter()
         for it in range(self.start_iter, max_iter):
             batch = next(loader)
-            self.skipped_images += batch["skipped"]
+            self._bad_images.update(batch.get("skipped_ids", ()))
             gamma = gamma_at(cfg.model.loss, it, max_iter)
             losses = self.step(batch, it, gamma)
             self.scheduler.step()
@@ -241,7 +267,7 @@ class Trainer:
         metrics = self.evaluate(max_iter)
         if is_main():
             if metrics:
-                (self.output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+                write_json(self.output / "metrics.json", metrics, indent=2)
             log.info("done: %d bad images skipped, %d non-finite steps skipped", self.skipped_images,
                      self.skipped_steps)
             self.writer.close()
@@ -281,5 +307,7 @@ class Trainer:
         return values
 
 
-def train(cfg: Config, output_dir: Optional[str] = None, resume: bool = False) -> dict:
-    return Trainer(cfg, output_dir, resume).train()
+def train(cfg: Config, output_dir: Optional[str] = None, resume: bool = False, overwrite: bool = False) -> dict:
+    """Trains ``cfg`` into ``output_dir`` (default train.output_dir); see ``check_output_dir`` for
+    ``resume`` and ``overwrite``. Returns the final val metrics ({} without a val set)."""
+    return Trainer(cfg, output_dir, resume, overwrite).train()

@@ -9,14 +9,20 @@ import contextlib
 import copy
 import io
 import json
+import logging
 import math
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from pycocotools.coco import COCO
+
+from ..data.validate import validate_coco, validate_results
+from ..jsonio import write_json
+
+logger = logging.getLogger(__name__)
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
 # Order of COCOeval.stats for bbox.
@@ -32,18 +38,33 @@ def _read_json(path: Path, what: str) -> Any:
         raise ValueError(f"{path}: not valid JSON: {e}") from None
 
 
-def load_coco(annotations: Union[str, Path, dict, COCO]) -> COCO:
-    """A pycocotools COCO from a JSON path, a dataset dict or a COCO (returned as is); quietly."""
+def load_coco(annotations: Union[str, Path, dict, COCO], source: Optional[str] = None) -> COCO:
+    """A pycocotools COCO from a JSON path, a dataset dict or a COCO; quietly. The ground truth is
+    validated first (``data.validate``, purpose "gt": a malformed entry is an error, since AP must not
+    move silently); a missing ``area`` is set to w*h in memory. A COCO we built is returned as is."""
     if isinstance(annotations, COCO):
-        return annotations
+        if getattr(annotations, "_retinanet_validated", False):
+            return annotations
+        annotations = annotations.dataset
     if isinstance(annotations, (str, Path)):
+        source = source or str(annotations)
         annotations = _read_json(Path(annotations), "annotations")
-    if not isinstance(annotations, dict) or "images" not in annotations:
-        raise ValueError("COCO annotations must be a mapping with 'images', 'annotations' and 'categories'")
+    source = source or "the ground-truth annotations"
+    counts = validate_coco(annotations, source, "gt")
+    if counts["missing_area"]:
+        # COCOeval reads 'area' for its small/medium/large ranges; copy, so the caller's dict is unchanged.
+        annotations = dict(annotations, annotations=[
+            a if "area" in a else dict(a, area=float(a["bbox"][2] * a["bbox"][3])) for a in annotations["annotations"]])
+        logger.warning("%s: %d annotation(s) have no 'area'; using bbox width * height", source,
+                       counts["missing_area"])
+    if counts["zero_size"]:
+        logger.warning("%s: %d ground-truth box(es) of zero width or height kept (no detection can match them)",
+                       source, counts["zero_size"])
     coco = COCO()
     coco.dataset = annotations
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
+    coco._retinanet_validated, coco._retinanet_source = True, source  # later checks name the file
     return coco
 
 
@@ -176,14 +197,10 @@ def evaluate_results_file(results_json: Union[str, Path], annotations_json: Unio
     _eval_class(backend)
     path = Path(results_json)
     results = _read_json(path, "results")
-    if not isinstance(results, list):
-        raise ValueError(f"{path}: expected a JSON list of COCO results, got {type(results).__name__}")
-    for i, r in enumerate(results):
-        if not (isinstance(r, dict) and {"image_id", "category_id", "bbox", "score"} <= set(r)
-                and isinstance(r["bbox"], list) and len(r["bbox"]) == 4):
-            raise ValueError(f"{path}: entry {i} is not a COCO box result "
-                             f"(needs image_id, category_id, bbox [x, y, w, h], score): {r!r}"[:300])
-    return compute_metrics(load_coco(annotations_json), results, backend)
+    gt = load_coco(annotations_json)
+    # A NaN box would match every ground truth, an unknown category would be scored against nothing.
+    validate_results(results, path, gt.getImgIds(), gt.getCatIds())
+    return compute_metrics(gt, results, backend)
 
 
 def format_metrics_table(metrics: dict[str, Any], columns: int = 3) -> str:
@@ -209,9 +226,4 @@ def format_metrics_table(metrics: dict[str, Any], columns: int = 3) -> str:
 
 def save_metrics(metrics: dict[str, Any], path: Union[str, Path]) -> None:
     """Writes metrics as strict JSON (NaN -> null)."""
-    def clean(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        return None if isinstance(v, float) and math.isnan(v) else v
-
-    Path(path).write_text(json.dumps(clean(metrics), indent=2) + "\n")
+    write_json(path, metrics, indent=2)

@@ -9,6 +9,7 @@ from typing import Optional, Union
 import numpy as np
 from pycocotools.coco import COCO
 
+from ..data.validate import check_image_paths
 from ..preprocess import read_image
 from .coco_evaluator import COCOEvaluator, load_coco
 
@@ -44,6 +45,9 @@ def inference_on_coco(detector, images_root: Union[str, Path], annotations: Unio
     root = Path(images_root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
+    # A file_name such as '../../etc/x' must not make evaluation open files outside the image folder.
+    source = getattr(coco, "_retinanet_source", "the ground-truth annotations")
+    check_image_paths(coco.dataset["images"], root, source)
     images = sorted(coco.dataset["images"], key=lambda im: im["id"])[:max_images][rank::world_size]
     batches = [images[i:i + batch_size] for i in range(0, len(images), batch_size)]
     bar = None
