@@ -72,6 +72,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     p.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(RUNS)}")
     p.add_argument("--reuse", action="store_true", help="keep the result of runs already in --output")
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: join the runs already in --output (seeds without a result are left out)")
     p.add_argument("--output", default="output/ablate_loss", help="output folder")
     p.add_argument("overrides", nargs="*", help="key.sub=value config overrides applied to every run")
     return p.parse_args(argv)
@@ -173,8 +175,10 @@ def main(argv: list[str]) -> int:
         for seed in seeds:
             run_dir = out / name / f"seed{seed}"
             cached = run_dir / "result.json"
-            if args.reuse and cached.is_file():
+            if (args.reuse or args.table_only) and cached.is_file():
                 per_seed[seed] = json.loads(cached.read_text())
+            elif args.table_only:
+                continue
             else:
                 print(f"== {name}, seed {seed}: {RUNS[name][1]}", flush=True)
                 overrides = base + [f"{k}={v}" for k, v in RUNS[name][0].items()] + [f"train.seed={seed}"]
@@ -184,7 +188,8 @@ def main(argv: list[str]) -> int:
             r = per_seed[seed]
             print(f"   {name}, seed {seed}: AP {r['AP']:.1f}, AP50 {r['AP50']:.1f}, final loss "
                   f"{r['final_loss']:.3f}, diverged {r['diverged']}, {r['seconds']:.0f} s", flush=True)
-        results[name] = summarize(per_seed)
+        if per_seed:
+            results[name] = summarize(per_seed)
     md = table(results)
     (out / "results.md").write_text(md)
     (out / "results.json").write_text(json.dumps(results, indent=2))

@@ -115,6 +115,15 @@ def test_ablation_runner_subset_writes_table(data_root, tmp_path):
             assert r["AP"] == pytest.approx(sum(s["AP"] for s in trained) / len(trained))
     for seed in (3, 4):
         assert (out / "fl_g2" / f"seed{seed}" / "metrics.jsonl").is_file()
+    # --table-only trains nothing: the missing row (fl_cos) and seed (5) are left out of the joined table.
+    joined = subprocess.run([sys.executable, str(REPO / "scripts/ablate_loss.py"), "--data", str(data_root),
+                             "--only", "ce_no_prior,fl_g2,fl_cos", "--seeds", "3,4,5", "--table-only",
+                             "--output", str(out)], capture_output=True, text=True, timeout=120)
+    assert joined.returncode == 0 and "==" not in joined.stdout, joined.stderr[-3000:]
+    rejoined = json.loads((out / "results.json").read_text())
+    assert set(rejoined) == {"ce_no_prior", "fl_g2"} and all(r["runs"] == 2 for r in rejoined.values())
+    assert rejoined["fl_g2"]["AP"] == results["fl_g2"]["AP"] or math.isnan(results["fl_g2"]["AP"])
+    assert not (out / "fl_cos").exists()
     bad = subprocess.run([sys.executable, str(REPO / "scripts/ablate_loss.py"), "--data", str(data_root),
                           "--only", "nope"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "nope" in bad.stderr
