@@ -157,6 +157,8 @@ class TrainConfig:
     log_period: int = 20
     skip_nonfinite: bool = False  # True: skip a step with a NaN/Inf loss instead of stopping
     vis_images: int = 4  # val images drawn to TensorBoard after each evaluation
+    best_metric: str = "AP"  # model_best.pth keeps the weights with the highest value of this metric
+    patience: int = 0  # stop after this many evaluations without improvement of best_metric; 0 disables
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,9 @@ class EvaluationConfig:
     tta: bool = False
     tta_flip: bool = True
     tta_min_sizes: tuple[int, ...] = ()  # empty: only min_size_test
+    report: bool = True  # write report.html, PR curves, confusion matrix and per-class table beside metrics.json
+    report_score_thresh: float = 0.3  # detections counted by the confusion matrix and the gallery
+    report_images: int = 24  # val images in the report's gallery (worst first)
 
 
 @dataclass(frozen=True)
@@ -222,6 +227,8 @@ def validate(cfg: Config) -> Config:
         problems.append(f"solver.steps must be strictly increasing, got {list(s.steps)}")
     if s.warmup_iters < 0:
         problems.append(f"solver.warmup_iters must be >= 0, got {s.warmup_iters}")
+    if cfg.train.patience < 0:
+        problems.append(f"train.patience must be >= 0, got {cfg.train.patience}")
     if s.ims_per_batch < 1:
         problems.append(f"solver.ims_per_batch must be >= 1, got {s.ims_per_batch}")
     if cfg.dataloader.num_workers < 0:
