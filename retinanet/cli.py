@@ -1,4 +1,4 @@
-"""The ``retinanet`` command: train, eval, infer, export, analyze-loss."""
+"""The ``retinanet`` command: train, eval, infer, export, analyze-loss, browse-data."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +13,7 @@ COMMANDS = {
     "infer": ("retinanet.commands.infer", "detect objects in images; draw boxes and write JSON"),
     "export": ("retinanet.commands.export", "export to ONNX or TorchScript"),
     "analyze-loss": ("retinanet.commands.analyze_loss", "the paper's loss-distribution analysis"),
+    "browse-data": ("retinanet.commands.browse_data", "draw a dataset's boxes (optionally augmented); count them"),
 }
 
 
