@@ -192,7 +192,7 @@ def _choices() -> dict[str, tuple]:
     from .backbone import BACKBONES, NORMS
     from .criterion import BOX_LOSSES, NORMALIZERS
     from .engine.amp import AMP_MODES
-    from .evaluation.coco_evaluator import BACKENDS
+    from .evaluation.coco_evaluator import BACKENDS, METRIC_NAMES
     from .fpn import P6_SOURCES
     from .head import HEAD_NORMS
     from .losses import CLASS_LOSSES
@@ -201,7 +201,7 @@ def _choices() -> dict[str, tuple]:
             "model.head.norm": HEAD_NORMS, "model.loss.cls_loss": tuple(CLASS_LOSSES),
             "model.loss.box_loss": BOX_LOSSES, "model.loss.normalize": NORMALIZERS,
             "model.loss.gamma_schedule": GAMMA_SCHEDULES, "train.amp": tuple(AMP_MODES),
-            "evaluation.backend": BACKENDS}
+            "evaluation.backend": BACKENDS, "train.best_metric": METRIC_NAMES}
 
 
 def _get(cfg: Any, key: str) -> Any:

@@ -129,3 +129,17 @@ def test_report_renders_in_a_browser(small_eval, tmp_path):
                    capture_output=True)
     pixels = np.asarray(Image.open(shot).convert("L"), np.float32)
     assert pixels.std() > 10  # a blank (all-white) page has no variance
+
+
+def test_eval_command_writes_the_report(tmp_path):
+    from test_evaluation import make_checkpoint, make_coco
+
+    from retinanet.cli import main
+    images, ann = make_coco(tmp_path / "data", 2)
+    config, ckpt = make_checkpoint(tmp_path, images, ann)
+    out = tmp_path / "eval"
+    assert main(["eval", "--config", str(config), "--weights", str(ckpt), "--output", str(out),
+                 "evaluation.report_score_thresh=0.0"]) == 0
+    for name in ("metrics.json", "report.html", "confusion_matrix.png", "per_class.csv"):
+        assert (out / name).is_file(), name
+    assert "data:image/jpeg;base64," in (out / "report.html").read_text()  # the gallery

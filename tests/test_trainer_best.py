@@ -111,3 +111,9 @@ def test_best_tracker_unit():
     other = BestTracker("AP50")
     other.load_state_dict(t.state_dict())  # another metric: the old best is not comparable
     assert other.value is None
+
+
+def test_unknown_best_metric_fails_at_load():
+    from retinanet.config import ConfigError
+    with pytest.raises(ConfigError, match="train.best_metric"):
+        load_config(None, ["train.best_metric=mAP"])

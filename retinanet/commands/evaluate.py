@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     (out / "detections.json").write_text(json.dumps(results))
     if cfg.evaluation.report:  # PR curves, confusion matrix, per-class table, report.html
         from ..evaluation.report import write_report
-        image_ids, _ = evaluator.gather()
+        image_ids, _ = evaluator.gathered
         page = write_report(out, coco, results, evaluator.coco_eval, val.images, metrics, detector.categories,
                             cfg.evaluation, image_ids)
         print(f"wrote {page}", file=sys.stderr)

@@ -169,7 +169,7 @@ class Trainer:
             self._log_jsonl({"iteration": iteration, **{k: v for k, v in metrics.items() if k != "per_category"}})
             if final and self.cfg.evaluation.report:
                 from ..evaluation.report import write_report
-                image_ids, results = evaluator.gather()
+                image_ids, results = evaluator.gathered  # gathered on every rank by evaluate()
                 write_report(self.output, evaluator.coco, results, evaluator.coco_eval, val.images, metrics,
                              detector.categories, self.cfg.evaluation, image_ids)
         return metrics
@@ -185,7 +185,7 @@ class Trainer:
                     self.cfg, self.model.state_dict(), iteration=iteration, best=self.best.state_dict()))
             else:
                 log.info("iteration %d: %s %.2f, best %.2f at iteration %d (%d evaluation(s) without improvement)",
-                         iteration, self.best.metric, metrics[self.best.metric], self.best.value or float("nan"),
+                         iteration, self.best.metric, metrics[self.best.metric], self.best.value if self.best.value is not None else float("nan"),
                          self.best.iteration or 0, self.best.bad_evals)
             stop = float(self.best.should_stop)
         # Every DDP rank must leave the loop together: rank 0 decides.

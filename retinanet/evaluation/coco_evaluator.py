@@ -135,6 +135,7 @@ class COCOEvaluator:
         self._seen: set[int] = set()
         self._results: list[dict] = []
         self.coco_eval = None  # the accumulated COCOeval of the last evaluate() (rank 0), for reports
+        self.gathered: tuple[list[int], list[dict]] = ([], [])  # all ranks' (image ids, results) of evaluate()
 
     def process(self, image_ids: list[int], detections: list[dict]) -> None:
         if len(image_ids) != len(detections):
@@ -170,7 +171,7 @@ class COCOEvaluator:
 
     def evaluate(self) -> dict[str, Any]:
         """Metrics in percent plus ``per_category`` {name: AP%} on rank 0; ``{}`` on other ranks."""
-        image_ids, results = self.gather()
+        image_ids, results = self.gathered = self.gather()
         if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
             return {}
         metrics, self.coco_eval = compute_metrics(self.coco, results, self.backend, image_ids or None,
