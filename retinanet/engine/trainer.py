@@ -19,6 +19,7 @@ from ..config import Config
 from ..config_loader import dump_config
 from ..data.loader import build_dataset, build_train_loader
 from ..detector import Detector, resolve_device
+from ..evaluation.report import report_from_evaluator
 from ..model import count_parameters
 from ..schedules import gamma_at
 from .amp import autocast_dtype
@@ -144,8 +145,7 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.criterion.load_state_dict(ckpt["criterion"])
         _set_rng_state(ckpt["rng"])
-        if "best" in ckpt:  # checkpoints written before best tracking have none
-            self.best.load_state_dict(ckpt["best"])
+        self.best.load_state_dict(ckpt.get("best", {}))  # checkpoints from before best tracking have none
         self.start_iter = int(ckpt["iteration"])
         log.info("resumed from %s at iteration %d", path, self.start_iter)
 
@@ -168,28 +168,8 @@ class Trainer:
             self._log_images(detector, iteration, save=final)
             self._log_jsonl({"iteration": iteration, **{k: v for k, v in metrics.items() if k != "per_category"}})
             if final and self.cfg.evaluation.report:
-                from ..evaluation.report import write_report
-                image_ids, results = evaluator.gathered  # gathered on every rank by evaluate()
-                write_report(self.output, evaluator.coco, results, evaluator.coco_eval, val.images, metrics,
-                             detector.categories, self.cfg.evaluation, image_ids)
+                report_from_evaluator(self.output, evaluator, val.images, metrics, detector.categories, self.cfg)
         return metrics
-
-    def _track_best(self, iteration: int, metrics: dict) -> bool:
-        """Updates the best-so-far, writes model_best.pth on improvement; True when patience ran out."""
-        stop = 0.0
-        if is_main() and metrics:
-            if self.best.update(iteration, metrics):
-                log.info("iteration %d: new best %s %.2f -> model_best.pth", iteration, self.best.metric,
-                         self.best.value)
-                save_checkpoint(self.output / "model_best.pth", checkpoint_payload(
-                    self.cfg, self.model.state_dict(), iteration=iteration, best=self.best.state_dict()))
-            else:
-                log.info("iteration %d: %s %.2f, best %.2f at iteration %d (%d evaluation(s) without improvement)",
-                         iteration, self.best.metric, metrics[self.best.metric], self.best.value if self.best.value is not None else float("nan"),
-                         self.best.iteration or 0, self.best.bad_evals)
-            stop = float(self.best.should_stop)
-        # Every DDP rank must leave the loop together: rank 0 decides.
-        return bool(all_reduce_max(torch.tensor([stop])).item())
 
     def _log_images(self, detector: Detector, iteration: int, save: bool = False) -> None:
         """Draws the first ``train.vis_images`` val images to TensorBoard (and, at the end, to
@@ -239,7 +219,6 @@ class Trainer:
             from tqdm import tqdm
             bar = tqdm(total=max_iter, initial=self.start_iter, dynamic_ncols=True, disable=None)
         t_last = time.perf_counter()
-        tracked = None  # the last iteration whose evaluation went through best tracking
         for it in range(self.start_iter, max_iter):
             batch = next(loader)
             self.skipped_images += batch["skipped"]
@@ -262,22 +241,18 @@ class Trainer:
             if cfg.train.checkpoint_period and done % cfg.train.checkpoint_period == 0 and done < max_iter:
                 self.save(done)
             if cfg.train.eval_period and done % cfg.train.eval_period == 0 and done < max_iter:
-                tracked = done
-                if self._track_best(done, self.evaluate(done)):
-                    log.info("early stop at iteration %d: no %s improvement in %d evaluations (train.patience)",
-                             done, self.best.metric, self.best.patience)
-                    break
+                if self.best.step(done, self.evaluate(done), self.output, self.cfg, self.model, is_main()):
+                    break  # early stop (train.patience), logged by the tracker
         if bar is not None:
             bar.close()
         last = done if self.start_iter < max_iter else max_iter
         self.save(last, final=True)
         metrics = self.evaluate(last, final=True)
-        if cfg.train.eval_period and tracked != last:
-            self._track_best(last, metrics)
+        if cfg.train.eval_period and self.best.last_iteration != last:  # not already tracked (early stop)
+            self.best.step(last, metrics, self.output, self.cfg, self.model, is_main())
         if is_main():
             if metrics:
-                if cfg.train.eval_period:
-                    metrics = {**metrics, **self.best.summary()}
+                metrics = {**metrics, **self.best.summary()} if cfg.train.eval_period else metrics
                 (self.output / "metrics.json").write_text(json.dumps(metrics, indent=2))
             log.info("done: %d bad images skipped, %d non-finite steps skipped", self.skipped_images,
                      self.skipped_steps)

@@ -182,3 +182,12 @@ def write_report(out_dir: Union[str, Path], coco, results: list[dict], coco_eval
     page = render_html("RetinaNet evaluation report", metrics, table, plots, gallery, notes)
     (out / "report.html").write_text(page, encoding="utf-8")
     return out / "report.html"
+
+
+def report_from_evaluator(out_dir: Union[str, Path], evaluator, images_root: Union[str, Path], metrics: dict,
+                          categories: Optional[list[dict]], cfg) -> Path:
+    """``write_report`` from a COCOEvaluator after its ``evaluate()`` (the results it gathered from every
+    rank and its COCOeval); ``cfg`` is the run's Config."""
+    image_ids, results = evaluator.gathered
+    return write_report(out_dir, evaluator.coco, results, evaluator.coco_eval, images_root, metrics, categories,
+                        cfg.evaluation, image_ids)
