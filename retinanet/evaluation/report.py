@@ -59,8 +59,8 @@ def per_class_table(coco, results: list[dict], coco_eval, image_ids: Sequence[in
     return rows
 
 
-def _gallery(coco, images_root: Path, order: list[int], per_image: list[dict], image_infos: list[dict],
-             dets: list[dict], names: list[str], limit: int) -> list[tuple[str, str]]:
+def _gallery(images_root: Path, order: list[int], per_image: list[dict], image_infos: list[dict],
+             gts: list[dict], dets: list[dict], names: list[str], limit: int) -> list[tuple[str, str]]:
     """(caption, data URI) of up to ``limit`` images in ``order``: ground truth | predictions, side by side."""
     from PIL import Image
 
@@ -74,10 +74,8 @@ def _gallery(coco, images_root: Path, order: list[int], per_image: list[dict], i
         except OSError as e:
             logger.warning("report: skipping unreadable image %s", e)
             continue
-        anns = [a for a in coco.imgToAnns[info["id"]] if not a.get("iscrowd", 0)]
-        gt = draw_detections(image, [_xyxy(a["bbox"]) for a in anns], [coco.cats[a["category_id"]]["name"] for a in anns],
-                             labels=[names.index(coco.cats[a["category_id"]]["name"]) for a in anns])
-        d = dets[i]
+        g, d = gts[i], dets[i]
+        gt = draw_detections(image, g["boxes"], [names[int(c)] for c in g["labels"]], labels=g["labels"])
         pred = draw_detections(image, d["boxes"], [names[int(c)] for c in d["labels"]], d["scores"], d["labels"])
         gap = np.full((image.shape[0], 6, 3), 255, np.uint8)
         buf = io.BytesIO()
@@ -175,7 +173,7 @@ def write_report(out_dir: Union[str, Path], coco, results: list[dict], coco_eval
         writer.writeheader()
         writer.writerows(table)
     order = sorted(range(len(ids)), key=lambda i: (per_image[i]["f1"], -per_image[i]["fn"], ids[i]))
-    gallery = _gallery(coco, Path(images_root), order, per_image, infos, dets, names, num_images)
+    gallery = _gallery(Path(images_root), order, per_image, infos, gts, dets, names, num_images)
     notes = (f"Left: ground truth; right: detections with score >= {score_thresh:g}. Sorted by per-image F1 "
              f"(a detection is correct when it matches a ground truth of its class at IoU >= 0.5), lowest first, "
              f"then by missed objects. {len(gallery)} of {len(ids)} images shown.")
