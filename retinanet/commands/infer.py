@@ -4,7 +4,7 @@ A video ``clip.mp4`` gives an annotated ``clip.mp4`` and per-frame detections ``
 
 Writes one drawn image per readable input into --output (same name; .png for formats other than
 JPEG/PNG) and ``predictions.json``: COCO results entries with ``file_name``; image ids are the
-1-based positions of the inputs in sorted order. An unreadable input is reported by path and
+1-based positions of the image inputs in sorted order. An unreadable input is reported by path and
 skipped; the exit status is 1 only when no input at all could be processed.
 """
 from __future__ import annotations

@@ -4,6 +4,7 @@ Five classes with non-contiguous category ids (1, 3, 5, 7, 9) to exercise the id
 objects from ~12 px to half the image, aspect ratios 1:3 to 3:1, some overlapping; image sizes vary
 around ``image_size`` and a quarter are portrait; a few images have no objects. Boxes are the tight
 extent of each drawn shape's pixels. Every image depends only on (seed, split, index).
+``DEMO_DATASET`` is the easier set the demo config trains on (three classes, each in its own colour).
 """
 from __future__ import annotations
 
