@@ -33,7 +33,7 @@ class BestTracker:
         self.value: Optional[float] = None
         self.iteration: Optional[int] = None
         self.bad_evals = 0
-        self.last_iteration: Optional[int] = None  # of the last update, tracked or not
+        self.last_iteration: Optional[int] = None  # of the last step() or update()
 
     def update(self, iteration: int, metrics: dict[str, Any]) -> bool:
         if self.metric not in metrics:
@@ -55,6 +55,7 @@ class BestTracker:
         (no val set): nothing happens."""
         def payload() -> dict:
             return checkpoint_payload(cfg, model.state_dict(), iteration=iteration, best=self.state_dict())
+        self.last_iteration = int(iteration)  # on every rank: the trainer's "already tracked?" test must agree
         stop = main and bool(metrics) and self._step(iteration, metrics, Path(output) / "model_best.pth", payload)
         return bool(all_reduce_max(torch.tensor([float(stop)])).item())
 
