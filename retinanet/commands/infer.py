@@ -87,16 +87,18 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     predictions, failed, used = [], [], set()
     from ..video import VideoError, infer_video, is_video
+    video_dets = 0
     for path in [p for p in paths if is_video(p)]:
         try:
             frames, n = infer_video(detector, path, out, args.score_thresh, args.batch_size,
                                     Path(_output_name(path, used)).stem)
             print(f"{path}: {frames} frame(s), {n} detection(s)", file=sys.stderr)
+            video_dets += n
         except VideoError as e:
             print(f"retinanet infer: skipping {path}: {e}", file=sys.stderr)
             failed.append(str(path))
     indexed = list(enumerate([p for p in paths if not is_video(p)], start=1))
-    with tqdm(total=len(indexed), desc="infer", unit="img", dynamic_ncols=True) as bar:
+    with tqdm(total=len(indexed), desc="infer", unit="img", dynamic_ncols=True, disable=not indexed) as bar:
         for start in range(0, len(indexed), args.batch_size):
             batch = []
             for image_id, path in indexed[start:start + args.batch_size]:
@@ -115,6 +117,6 @@ def run(args: argparse.Namespace) -> int:
             bar.update(len(indexed[start:start + args.batch_size]))
     (out / "predictions.json").write_text(json.dumps(predictions, indent=1))
     done = len(paths) - len(failed)
-    print(f"{done} image(s), {len(predictions)} detection(s) above {args.score_thresh} -> {out}"
+    print(f"{done} input(s), {len(predictions) + video_dets} detection(s) above {args.score_thresh} -> {out}"
           + (f"; {len(failed)} unreadable: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return 0 if done else 1
