@@ -6,17 +6,15 @@ import json
 import shutil
 import subprocess
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from retinanet.evaluation import compute_metrics, load_coco
 from retinanet.evaluation.confusion import confusion_matrix, match_image, normalize_rows
 from retinanet.evaluation.report import write_report
-
-import torch
 
 
 def test_confusion_matrix_hand_made():
