@@ -1,4 +1,4 @@
-"""The ``retinanet`` command: train, eval, infer, export, analyze-loss."""
+"""The ``retinanet`` command: train, eval, infer, export, analyze-loss, browse-data."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +15,7 @@ COMMANDS = {
     "export": ("retinanet.commands.export", "export to ONNX or TorchScript"),
     "analyze-loss": ("retinanet.commands.analyze_loss", "the paper's loss-distribution analysis"),
     "convert": ("retinanet.commands.convert", "Pascal VOC or YOLO labels -> COCO JSON"),
+    "browse-data": ("retinanet.commands.browse_data", "draw a dataset's boxes (optionally augmented); count them"),
 }
 
 
@@ -56,11 +57,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _one_line(e: BaseException) -> str:
-    """The message of ``e`` on one line; an OSError as "PATH: cause" (its str() is "[Errno 28] ...")."""
+    """The message of ``e``: an OSError as one line "PATH: cause" (its str() is "[Errno 28] ..."); others
+    as written, so that a list of a file's problems keeps one problem per line."""
     if isinstance(e, OSError) and e.strerror:
         where = f"{e.filename}: " if e.filename else ""
         return f"{where}{e.strerror}"
-    return " ".join(str(e).split()) or type(e).__name__
+    return str(e).strip() or type(e).__name__
 
 
 if __name__ == "__main__":

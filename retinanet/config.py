@@ -11,7 +11,7 @@ from typing import Any, Optional, Union
 
 
 class ConfigError(ValueError):
-    """A config file or override names an unknown key or holds a value of the wrong type."""
+    """A config file or override names an unknown key or holds a value that is not allowed."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,8 @@ class TrainConfig:
     log_period: int = 20
     skip_nonfinite: bool = False  # True: skip a step with a NaN/Inf loss instead of stopping
     vis_images: int = 4  # val images drawn to TensorBoard after each evaluation
+    best_metric: str = "AP"  # model_best.pth keeps the weights with the highest value of this metric
+    patience: int = 0  # stop after this many evaluations without improvement of best_metric; 0 disables
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,9 @@ class EvaluationConfig:
     tta: bool = False
     tta_flip: bool = True
     tta_min_sizes: tuple[int, ...] = ()  # empty: only min_size_test
+    report: bool = True  # write report.html, PR curves, confusion matrix and per-class table beside metrics.json
+    report_score_thresh: float = 0.3  # detections counted by the confusion matrix and the gallery
+    report_images: int = 24  # val images in the report's gallery (worst first)
 
 
 @dataclass(frozen=True)
@@ -180,16 +185,12 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
-class ConfigError(ValueError):
-    """A config file or override names an unknown key or holds a value that is not allowed."""
-
-
 def _choices() -> dict[str, tuple]:
     """Keys whose value is one of a few names, with the list owned by the code that uses them."""
     from .backbone import BACKBONES, NORMS
     from .criterion import BOX_LOSSES, NORMALIZERS
     from .engine.amp import AMP_MODES
-    from .evaluation.coco_evaluator import BACKENDS
+    from .evaluation.coco_evaluator import BACKENDS, METRIC_NAMES
     from .fpn import P6_SOURCES
     from .head import HEAD_NORMS
     from .losses import CLASS_LOSSES
@@ -200,7 +201,7 @@ def _choices() -> dict[str, tuple]:
             "model.loss.modulator": MODULATOR_NAMES,
             "model.loss.box_loss": BOX_LOSSES, "model.loss.normalize": NORMALIZERS,
             "model.loss.gamma_schedule": GAMMA_SCHEDULES, "train.amp": tuple(AMP_MODES),
-            "evaluation.backend": BACKENDS}
+            "evaluation.backend": BACKENDS, "train.best_metric": METRIC_NAMES}
 
 
 def _get(cfg: Any, key: str) -> Any:
@@ -240,6 +241,8 @@ def validate(cfg: Config) -> Config:
                             ("train.eval_period", t.eval_period, 0)):
         if value < low:
             problems.append(f"{key} must be >= {low}, got {value}")
+    if cfg.train.patience < 0:
+        problems.append(f"train.patience must be >= 0, got {cfg.train.patience}")
     if s.ims_per_batch < 1:
         problems.append(f"solver.ims_per_batch must be >= 1, got {s.ims_per_batch}")
     if cfg.dataloader.num_workers < 0:

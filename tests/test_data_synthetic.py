@@ -115,3 +115,23 @@ def test_ensure_demo_dataset(tmp_path, monkeypatch):
         ensure_demo_dataset(bad)
     with pytest.raises(DatasetError, match="annotations/val.json"):
         ensure_demo_dataset(DataConfig(val=DatasetConfig(f"{root}/images", f"{root}/val.json")))
+
+
+def test_demo_preset_class_colours_and_fewer_classes(tmp_path):
+    from PIL import ImageDraw
+    from retinanet.data.synthetic import CLASS_COLOURS
+    out = make_synthetic_coco(tmp_path, num_train=6, num_val=0, image_size=(96, 112), num_classes=3,
+                              min_object=24, max_objects=4, class_colours=True)
+    coco = COCO(out["train"])
+    assert sorted(coco.getCatIds()) == [1, 3, 5]
+    sides = np.array([a["bbox"][2:] for a in coco.dataset["annotations"]])
+    assert sides.max(1).min() >= 22  # long side from min_object (a pixel or two lost to rasterising)
+    right = []
+    for ann in coco.dataset["annotations"]:
+        info = coco.imgs[ann["image_id"]]
+        img = np.asarray(Image.open(tmp_path / "images" / info["file_name"]), np.float32)
+        mask = Image.new("1", (info["width"], info["height"]))
+        ImageDraw.Draw(mask).polygon([tuple(p) for p in np.reshape(ann["segmentation"][0], (-1, 2))], fill=1)
+        median = np.median(img[np.asarray(mask)], 0)
+        right.append([1, 3, 5][int(np.abs(CLASS_COLOURS[:3] - median).sum(1).argmin())] == ann["category_id"])
+    assert np.mean(right) > 0.9  # the colour tells the class (a shape partly drawn over may not)

@@ -66,6 +66,12 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     save_metrics(metrics, out / "metrics.json")
     write_json(out / "detections.json", results)
+    if cfg.evaluation.report:  # PR curves, confusion matrix, per-class table, report.html
+        from ..evaluation.report import write_report
+        image_ids, _ = evaluator.gathered
+        page = write_report(out, coco, results, evaluator.coco_eval, val.images, metrics, detector.categories,
+                            cfg.evaluation, image_ids)
+        print(f"wrote {page}", file=sys.stderr)
     print(format_metrics_table(metrics))
     print(f"wrote {out / 'metrics.json'} and {out / 'detections.json'} ({len(results)} detections)"
           + (" with TTA" if cfg.evaluation.tta else ""), file=sys.stderr)

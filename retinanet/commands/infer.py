@@ -1,8 +1,10 @@
-"""``retinanet infer``: detect objects in image files, folders or globs; draw them and write JSON.
+"""``retinanet infer``: detect objects in image and video files, folders or globs; draw them and write JSON.
+
+A video ``clip.mp4`` gives an annotated ``clip.mp4`` and per-frame detections ``clip.jsonl`` (``video.py``).
 
 Writes one drawn image per readable input into --output (same name; .png for formats other than
 JPEG/PNG) and ``predictions.json``: COCO results entries with ``file_name``; image ids are the
-1-based positions of the inputs in sorted order. An unreadable input is reported by path and
+1-based positions of the image inputs in sorted order. An unreadable input is reported by path and
 skipped; the exit status is 1 only when no input at all could be processed.
 """
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 
 from ..jsonio import write_json
+from ..video import VIDEO_SUFFIXES
 from . import positive_int
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
@@ -21,7 +24,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (default: the one stored in the checkpoint)")
     p.add_argument("--weights", help="checkpoint")
-    p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="image files, folders or globs")
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="image/video files, folders or globs")
     p.add_argument("--output", required=True, help="folder for the drawn images and predictions.json")
     p.add_argument("--score-thresh", type=float, default=0.3, help="drawn and written detections (default 0.3)")
     p.add_argument("--batch-size", type=positive_int, default=2)
@@ -37,7 +40,7 @@ def collect_inputs(patterns: list[str]) -> tuple[list[Path], list[str]]:
     for pattern in patterns:
         p = Path(pattern)
         if p.is_dir():
-            hits = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+            hits = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
         elif p.exists():
             hits = [p]
         else:
@@ -83,8 +86,19 @@ def run(args: argparse.Namespace) -> int:
     detector = Detector.from_config(args.config, args.weights, args.device, args.overrides)
     out.mkdir(parents=True, exist_ok=True)
     predictions, failed, used = [], [], set()
-    indexed = list(enumerate(paths, start=1))
-    with tqdm(total=len(paths), desc="infer", unit="img", dynamic_ncols=True) as bar:
+    from ..video import VideoError, infer_video, is_video
+    video_dets = 0
+    for path in [p for p in paths if is_video(p)]:
+        try:
+            frames, n = infer_video(detector, path, out, args.score_thresh, args.batch_size,
+                                    Path(_output_name(path, used)).stem)
+            print(f"{path}: {frames} frame(s), {n} detection(s)", file=sys.stderr)
+            video_dets += n
+        except VideoError as e:
+            print(f"retinanet infer: skipping {path}: {e}", file=sys.stderr)
+            failed.append(str(path))
+    indexed = list(enumerate([p for p in paths if not is_video(p)], start=1))
+    with tqdm(total=len(indexed), desc="infer", unit="img", dynamic_ncols=True, disable=not indexed) as bar:
         for start in range(0, len(indexed), args.batch_size):
             batch = []
             for image_id, path in indexed[start:start + args.batch_size]:
@@ -103,6 +117,6 @@ def run(args: argparse.Namespace) -> int:
             bar.update(len(indexed[start:start + args.batch_size]))
     write_json(out / "predictions.json", predictions, indent=1)
     done = len(paths) - len(failed)
-    print(f"{done} image(s), {len(predictions)} detection(s) above {args.score_thresh} -> {out}"
+    print(f"{done} input(s), {len(predictions) + video_dets} detection(s) above {args.score_thresh} -> {out}"
           + (f"; {len(failed)} unreadable: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return 0 if done else 1

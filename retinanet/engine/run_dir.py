@@ -3,10 +3,14 @@ periodic checkpoints this run may delete, and the checks a run makes before its 
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
 from pathlib import Path
 from typing import Optional
+
+import numpy as np
+import torch
 
 from ..checkpoint import remove_stale_temp_files
 
@@ -94,3 +98,17 @@ def load_val(val):
     coco = load_coco(val.annotations)
     check_image_paths(coco.dataset["images"], val.images, val.annotations)
     return coco
+
+
+def rng_state() -> dict:
+    """torch, numpy and Python RNG states as plain data (a checkpoint loads with weights_only=True)."""
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [int(v) for v in np_state[1]], "numpy_pos": int(np_state[2]),
+            "python": list(random.getstate()[1])}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restores what ``rng_state`` saved, so a resumed run draws what an uninterrupted one would."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -20,12 +19,15 @@ from ..config_loader import dump_config
 from ..data.loader import build_dataset, build_train_loader
 from ..detector import Detector, resolve_device
 from ..jsonio import dumps_finite, write_json
+from ..evaluation.report import report_from_evaluator
 from ..model import count_parameters
 from ..schedules import gamma_at
 from .amp import autocast_dtype
+from .best import BestTracker
 from .distributed import all_reduce_max, barrier, init_distributed, is_main
+from .logs import draw_val_predictions, setup_logging
 from .run_dir import (check_output_dir, check_readable, clean_stale_temp_files, load_val, periodic_checkpoints,
-                      prune, set_aside_metrics)
+                      prune, rng_state, set_aside_metrics, set_rng_state)
 from .solver import build_lr_scheduler, build_optimizer
 
 log = logging.getLogger("retinanet")
@@ -33,34 +35,6 @@ log = logging.getLogger("retinanet")
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or Inf; the run stops before the weights are touched."""
-
-
-def setup_logging(output_dir: Optional[Path]) -> None:
-    """Logs of the ``retinanet`` logger go to stdout and OUTPUT/log.txt (replacing a previous run's)."""
-    log.setLevel(logging.INFO)
-    for h in [h for h in log.handlers if getattr(h, "_retinanet", False)]:
-        log.removeHandler(h)
-        h.close()
-    fmt = logging.Formatter("[%(asctime)s %(name)s] %(message)s", "%H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
-    if output_dir is not None:
-        handlers.append(logging.FileHandler(output_dir / "log.txt"))
-    for h in handlers:
-        h.setFormatter(fmt)
-        h._retinanet = True  # type: ignore[attr-defined]
-        log.addHandler(h)
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy": [int(v) for v in np_state[1]], "numpy_pos": int(np_state[2]),
-            "python": list(random.getstate()[1])}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", np.array(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0))
-    random.setstate((3, tuple(state["python"]), None))
 
 
 class Trainer:
@@ -109,6 +83,7 @@ class Trainer:
         self.skipped_steps = 0
         self._bad_images: set = set()  # distinct unreadable files (a file is drawn again every epoch)
         self._written: list[Path] = []  # periodic checkpoints of this run: the only ones pruning may delete
+        self.best = BestTracker(cfg.train.best_metric, cfg.train.patience)
         if resume:
             self._resume()
         if is_main():
@@ -122,7 +97,8 @@ class Trainer:
     def _payload(self, iteration: int) -> dict:
         return checkpoint_payload(self.cfg, self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                                   scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
-                                  criterion=self.criterion.state_dict(), iteration=iteration, rng=_rng_state())
+                                  criterion=self.criterion.state_dict(), iteration=iteration, rng=rng_state(),
+                                  best=self.best.state_dict())
 
     @property
     def skipped_images(self) -> int:
@@ -164,14 +140,15 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.criterion.load_state_dict(ckpt["criterion"])
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
+        self.best.load_state_dict(ckpt.get("best", {}))  # checkpoints from before best tracking have none
         self.start_iter = int(ckpt["iteration"])
         # The earlier part of this run wrote these; later ones (none, normally) are left alone.
         self._written = periodic_checkpoints(self.output / "checkpoints", up_to=self.start_iter)
         log.info("resumed from %s at iteration %d", path, self.start_iter)
 
     # -- evaluation -------------------------------------------------------------------------
-    def evaluate(self, iteration: int) -> dict:
+    def evaluate(self, iteration: int, final: bool = False) -> dict:
         val = self.cfg.data.val
         if not (val.images and val.annotations):
             return {}
@@ -186,34 +163,18 @@ class Trainer:
                      metrics["AP75"])
             for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
                 self.writer.add_scalar(f"eval/{k}", metrics[k], iteration)
-            self._log_images(detector, iteration, save=iteration == self.cfg.solver.max_iter)
+            self._log_images(detector, iteration, save=final)
             self._log_jsonl({"iteration": iteration, **{k: v for k, v in metrics.items() if k != "per_category"}})
+            if final and self.cfg.evaluation.report:
+                report_from_evaluator(self.output, evaluator, val.images, metrics, detector.categories, self.cfg)
         return metrics
 
     def _log_images(self, detector: Detector, iteration: int, save: bool = False) -> None:
-        """Draws the first ``train.vis_images`` val images to TensorBoard (and, at the end, to
-        OUTPUT/predictions/)."""
-        n = self.cfg.train.vis_images
-        if n <= 0:
-            return
-        from PIL import Image
-
-        from ..preprocess import read_image
-        from ..visualize import draw_detections
-        if not hasattr(self, "_vis_info"):  # the val JSON can be large: read it once per run
-            self._vis_info = self.val_coco.dataset["images"][:n]
-        for i, im in enumerate(self._vis_info):
-            try:
-                image = read_image(Path(self.cfg.data.val.images) / im["file_name"])
-            except OSError:
-                continue
-            det = detector.predict(image, score_thresh=0.3)
-            drawn = draw_detections(image, det["boxes"].numpy(), det["names"], det["scores"].numpy(),
-                                    det["labels"].numpy())
-            self.writer.add_image(f"val/{i}", np.asarray(drawn), iteration, dataformats="HWC")
-            if save:
-                (self.output / "predictions").mkdir(exist_ok=True)
-                Image.fromarray(np.asarray(drawn)).save(self.output / "predictions" / (Path(im["file_name"]).stem + ".jpg"))
+        """The first ``train.vis_images`` val images with their predictions, to TensorBoard (and, at
+        the end, to OUTPUT/predictions/)."""
+        infos = self.val_coco.dataset["images"][: self.cfg.train.vis_images]
+        draw_val_predictions(detector, infos, Path(self.cfg.data.val.images), self.writer, iteration,
+                             self.output / "predictions" if save else None)
 
     def _log_jsonl(self, record: dict) -> None:
         with open(self.output / "metrics.jsonl", "a") as f:
@@ -260,13 +221,18 @@ class Trainer:
             if cfg.train.checkpoint_period and done % cfg.train.checkpoint_period == 0 and done < max_iter:
                 self.save(done)
             if cfg.train.eval_period and done % cfg.train.eval_period == 0 and done < max_iter:
-                self.evaluate(done)
+                if self.best.step(done, self.evaluate(done), self.output, self.cfg, self.model, is_main()):
+                    break  # early stop (train.patience), logged by the tracker
         if bar is not None:
             bar.close()
-        self.save(max_iter, final=True)
-        metrics = self.evaluate(max_iter)
+        last = done if self.start_iter < max_iter else max_iter
+        self.save(last, final=True)
+        metrics = self.evaluate(last, final=True)
+        if cfg.train.eval_period and self.best.last_iteration != last:  # not already tracked (early stop)
+            self.best.step(last, metrics, self.output, self.cfg, self.model, is_main())
         if is_main():
             if metrics:
+                metrics = {**metrics, **self.best.summary()} if cfg.train.eval_period else metrics
                 write_json(self.output / "metrics.json", metrics, indent=2)
             log.info("done: %d bad images skipped, %d non-finite steps skipped", self.skipped_images,
                      self.skipped_steps)

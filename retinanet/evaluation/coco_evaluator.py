@@ -98,9 +98,14 @@ def _percent(x: float) -> float:
 
 
 def compute_metrics(gt: COCO, results: list[dict], backend: str = "pycocotools",
-                    image_ids: Union[list[int], None] = None) -> dict[str, Any]:
+                    image_ids: Union[list[int], None] = None, return_eval: bool = False) -> Any:
     """COCO bbox metrics of ``results`` (COCO results entries) against ``gt``, restricted to
-    ``image_ids`` when given (the images that were actually run)."""
+    ``image_ids`` when given (the images that were actually run).
+
+    With ``return_eval`` returns ``(metrics, coco_eval)``: the accumulated COCOeval of either backend
+    (``coco_eval.eval["precision"]`` is (T iou thresholds, R recall points, K categories, A area
+    ranges, M max dets), -1 where undefined; ``coco_eval.params`` names the axes), None when
+    ``results`` is empty."""
     eval_cls, convert_gt = _eval_class(backend)
     names = {c["id"]: c["name"] for c in gt.dataset.get("categories", [])}
     cat_ids = sorted(names)
@@ -110,7 +115,8 @@ def compute_metrics(gt: COCO, results: list[dict], backend: str = "pycocotools",
         raise ValueError(f"results hold image ids that are not in the annotations: {unknown[:10]}")
     if not results:  # COCOeval cannot load an empty result set; nothing detected is AP 0.
         per_cat = {names[c]: (0.0 if gt.getAnnIds(catIds=[c]) else float("nan")) for c in cat_ids}
-        return {**{k: 0.0 for k in METRIC_NAMES}, "per_category": per_cat}
+        empty = {**{k: 0.0 for k in METRIC_NAMES}, "per_category": per_cat}
+        return (empty, None) if return_eval else empty
     with contextlib.redirect_stdout(io.StringIO()):
         gt_b = convert_gt(gt)
         dt = gt_b.loadRes(copy.deepcopy(results))  # loadRes adds fields in place
@@ -130,7 +136,7 @@ def compute_metrics(gt: COCO, results: list[dict], backend: str = "pycocotools",
         p = p[p > -1]
         per_cat[names[cat_id]] = float(np.mean(p)) * 100 if p.size else float("nan")
     metrics["per_category"] = per_cat
-    return metrics
+    return (metrics, ev) if return_eval else metrics
 
 
 class COCOEvaluator:
@@ -149,6 +155,8 @@ class COCOEvaluator:
         self._image_ids: list[int] = []
         self._seen: set[int] = set()
         self._results: list[dict] = []
+        self.coco_eval = None  # the accumulated COCOeval of the last evaluate() (rank 0), for reports
+        self.gathered: tuple[list[int], list[dict]] = ([], [])  # all ranks' (image ids, results) of evaluate()
 
     def process(self, image_ids: list[int], detections: list[dict]) -> None:
         if len(image_ids) != len(detections):
@@ -184,10 +192,12 @@ class COCOEvaluator:
 
     def evaluate(self) -> dict[str, Any]:
         """Metrics in percent plus ``per_category`` {name: AP%} on rank 0; ``{}`` on other ranks."""
-        image_ids, results = self.gather()
+        image_ids, results = self.gathered = self.gather()
         if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
             return {}
-        return compute_metrics(self.coco, results, self.backend, image_ids or None)
+        metrics, self.coco_eval = compute_metrics(self.coco, results, self.backend, image_ids or None,
+                                                  return_eval=True)
+        return metrics
 
 
 def evaluate_results_file(results_json: Union[str, Path], annotations_json: Union[str, Path, COCO],
