@@ -17,6 +17,8 @@ from .build import (ConfigSource, build_model, build_postprocessor, build_prepro
                     resolve_config)
 from .checkpoint import load_checkpoint, load_model_state
 from .config import Config
+from .fusion import fuse_for_inference, weights_version
+from .model import RetinaNet
 from .outputs import DenseOutputs
 from .postprocess import rescale_boxes
 from .preprocess import ImageInput, to_float_tensor
@@ -48,9 +50,14 @@ class Detector:
     """A network (our RetinaNet, or an exported file's runtime) with the config it was built from,
     its preprocessing, post-processing and label -> category mapping."""
 
-    def __init__(self, model: nn.Module, cfg: Config, device: Union[str, torch.device, None] = None):
+    def __init__(self, model: nn.Module, cfg: Config, device: Union[str, torch.device, None] = None,
+                 fuse: bool = True):
         self.device = resolve_device(device)
         self.model = model.to(self.device)
+        # fuse: run a BatchNorm-folded, channels_last copy of a RetinaNet (fusion.py); same outputs to
+        # float rounding, ~1.3x faster on a CPU. Built on first use, rebuilt when the weights change.
+        self.fuse = fuse and isinstance(model, RetinaNet)
+        self._fused: Optional[tuple[tuple, nn.Module]] = None
         self.cfg = cfg
         self.categories = categories_of(cfg)
         self.preprocessor = build_preprocessor(cfg)
@@ -84,8 +91,13 @@ class Detector:
     @torch.no_grad()
     def network(self, batch: Tensor) -> DenseOutputs:
         """The network on a preprocessed batch, in eval mode (the model's own mode is restored)."""
-        with eval_mode(self.model):
-            return self.model(batch)
+        if not self.fuse:
+            with eval_mode(self.model):
+                return self.model(batch)
+        version = weights_version(self.model)
+        if self._fused is None or self._fused[0] != version:
+            self._fused = (version, fuse_for_inference(self.model))
+        return self._fused[1](batch.contiguous(memory_format=torch.channels_last))
 
     def to_results(self, boxes: Tensor, scores: Tensor, labels: Tensor, resized_size: tuple[int, int],
                    original_size: tuple[int, int]) -> dict:
