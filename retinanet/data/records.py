@@ -1,0 +1,81 @@
+"""Per-image records (file name, size, boxes, labels, crowd regions) in a handful of flat numpy
+buffers instead of one Python dict and three arrays per image.
+
+Why: data-loader workers are forked. Every Python object they touch gets its reference count
+written, which copies its memory page (copy-on-write), so indexing a dataset held as 118k dicts
+and 350k small arrays makes each of 4 workers slowly duplicate it (the issue Detectron2's
+``_TorchSerializedList`` solves). Reading from a few large numpy buffers writes to no page, so the
+workers keep sharing the parent's memory. It is also smaller: COCO train's records take ~40 MB here
+against hundreds of MB as Python objects.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def group_by_image(image_index: np.ndarray, values: np.ndarray, num_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``values`` (M, ...) belonging to image ``image_index`` (M,) -> the rows sorted by
+    image (stable: file order kept within an image) and offsets (num_images + 1,): image j owns
+    rows ``offsets[j]:offsets[j + 1]``."""
+    order = np.argsort(image_index, kind="stable")
+    offsets = np.zeros(num_images + 1, np.int64)
+    np.cumsum(np.bincount(image_index, minlength=num_images), out=offsets[1:])
+    return values[order], offsets
+
+
+class ImageRecords:
+    """The records of ``len(image_ids)`` images, addressed by position j (file order) or image id.
+
+    ``hw`` (N, 2) int32 heights and widths; ``boxes`` (M, 4) float32 xyxy and ``labels`` (M,) int64
+    with ``box_offsets`` (N + 1,); ``crowd`` (C, 4) float32 with ``crowd_offsets`` (N + 1,). File
+    names are stored as one UTF-8 byte buffer with offsets.
+    """
+
+    def __init__(self, image_ids: Sequence[int], file_names: Sequence[str], hw: np.ndarray,
+                 boxes: np.ndarray, labels: np.ndarray, box_offsets: np.ndarray,
+                 crowd: np.ndarray, crowd_offsets: np.ndarray):
+        self.image_ids = np.asarray(image_ids, np.int64)
+        encoded = [f.encode("utf-8") for f in file_names]
+        self._names = np.frombuffer(b"".join(encoded), np.uint8)
+        self._name_offsets = np.zeros(len(encoded) + 1, np.int64)
+        np.cumsum([len(e) for e in encoded], out=self._name_offsets[1:])
+        self.hw = np.ascontiguousarray(hw, np.int32).reshape(-1, 2)
+        self.boxes, self.labels = np.ascontiguousarray(boxes, np.float32), np.ascontiguousarray(labels, np.int64)
+        self.crowd = np.ascontiguousarray(crowd, np.float32)
+        self.box_offsets, self.crowd_offsets = box_offsets, crowd_offsets
+        # id -> position without a dict: binary search in the sorted ids.
+        self._id_order = np.argsort(self.image_ids, kind="stable")
+        self._sorted_ids = self.image_ids[self._id_order]
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def position(self, image_id: int) -> int:
+        """Position of ``image_id``; KeyError if absent."""
+        k = int(np.searchsorted(self._sorted_ids, image_id))
+        if k == len(self._sorted_ids) or self._sorted_ids[k] != image_id:
+            raise KeyError(image_id)
+        return int(self._id_order[k])
+
+    def info(self, j: int) -> dict:
+        """``{"file_name", "height", "width"}`` of the image at position ``j``."""
+        name = self._names[self._name_offsets[j]:self._name_offsets[j + 1]].tobytes().decode("utf-8")
+        return {"file_name": name, "height": int(self.hw[j, 0]), "width": int(self.hw[j, 1])}
+
+    def num_boxes(self) -> np.ndarray:
+        """(N,) training boxes per image."""
+        return np.diff(self.box_offsets)
+
+    def targets(self, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copies (callers may edit them) of image j's boxes (G, 4), labels (G,), crowd boxes (C, 4)."""
+        b0, b1 = self.box_offsets[j], self.box_offsets[j + 1]
+        c0, c1 = self.crowd_offsets[j], self.crowd_offsets[j + 1]
+        return self.boxes[b0:b1].copy(), self.labels[b0:b1].copy(), self.crowd[c0:c1].copy()
+
+    def nbytes(self) -> int:
+        """Bytes held by the buffers."""
+        return sum(a.nbytes for a in (self.image_ids, self._names, self._name_offsets, self.hw, self.boxes,
+                                      self.labels, self.crowd, self.box_offsets, self.crowd_offsets,
+                                      self._id_order, self._sorted_ids))
