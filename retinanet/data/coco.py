@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -16,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..preprocess import read_image, to_float_tensor
-from .records import ImageRecords, group_by_image
+from .records import ImageRecords, first_outside_root, group_by_image, load_json, parse_annotations
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +70,7 @@ class CocoDetection(Dataset):
         if not self.annotation_file.is_file():
             raise DatasetError(f"annotation file not found: {self.annotation_file}")
         try:
-            with open(self.annotation_file, encoding="utf-8") as f:
-                data = json.load(f)
+            data = load_json(self.annotation_file)
         except json.JSONDecodeError as e:
             raise self._err(f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
         except (OSError, UnicodeDecodeError) as e:
@@ -107,11 +105,13 @@ class CocoDetection(Dataset):
             where = f"images[{i}] (id {im['id']})"
             if im["id"] in images:
                 raise self._err(f"{where}: duplicate image id")
-            # realpath follows symlinks, so '..', absolute names and links out of the root are all caught.
-            path = os.path.realpath(root / im["file_name"])
-            if os.path.commonpath([path, str(root)]) != str(root):
-                raise self._err(f"{where}: file_name {im['file_name']!r} resolves outside the image root {root}")
             images[im["id"]] = {"file_name": im["file_name"], "height": im["height"], "width": im["width"]}
+        # Resolved as realpath would (symlinks, '..', absolute names): no file may lead out of the root.
+        j = first_outside_root(root, [im["file_name"] for im in images.values()])
+        if j is not None:
+            i, im = j, data["images"][j]
+            raise self._err(f"images[{i}] (id {im['id']}): file_name {im['file_name']!r} resolves outside the "
+                            f"image root {root}")
 
         return [categories[k] for k in sorted(categories)], images, data["annotations"]
 
@@ -147,7 +147,10 @@ class CocoDetection(Dataset):
         n, num = len(anns), (int, float)  # type() checks: fast, and exclude bool
         img_idx, labels = np.empty(n, np.int64), np.empty(n, np.int64)
         crowd, xywh = np.zeros(n, bool), np.empty((n, 4), np.float64)
-        for i, a in enumerate(anns):
+        fast = parse_annotations(anns, list(images), self.cat_id_to_label)  # column-wise; None if one is off
+        if fast is not None:
+            img_idx, labels, crowd, xywh = fast
+        for i, a in enumerate(anns if fast is None else ()):  # entry by entry: names the bad entry
             try:
                 bbox, iscrowd = a["bbox"], a.get("iscrowd", 0)
                 ok = (type(bbox) is list and len(bbox) == 4 and type(bbox[0]) in num and type(bbox[1]) in num

@@ -10,7 +10,11 @@ against hundreds of MB as Python objects.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -79,3 +83,82 @@ class ImageRecords:
         return sum(a.nbytes for a in (self.image_ids, self._names, self._name_offsets, self.hw, self.boxes,
                                       self.labels, self.crowd, self.box_offsets, self.crowd_offsets,
                                       self._id_order, self._sorted_ids))
+
+
+def load_json(path: Union[str, Path]) -> Any:
+    """``json.load`` of a file, with orjson when it is installed (2-3x faster on COCO's 450 MB:
+    it parses bytes straight to objects). Files orjson rejects (NaN, Infinity) go through json, which also
+    gives the error for invalid ones."""
+    try:
+        import orjson
+        return orjson.loads(Path(path).read_bytes())
+    except (ImportError, ValueError):  # orjson absent, or a file only json reads (NaN) or neither does
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+
+def _all_types(values: Iterable, allowed: tuple) -> bool:
+    return set(map(type, values)) <= set(allowed)  # map(type) runs in C: ~20 ns an entry
+
+
+def parse_annotations(anns: list, image_ids: Sequence[int], cat_id_to_label: dict[int, int]
+                      ) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """COCO annotation dicts -> (image position (M,) int64, contiguous label (M,) int64, iscrowd (M,)
+    bool, bbox xywh (M, 4) float64), built column by column with C-level loops; or None when any
+    entry is malformed (not a dict, missing or mistyped image_id / category_id / bbox / iscrowd,
+    unknown ids), in which case the caller's entry-by-entry check names the culprit."""
+    try:
+        if not _all_types(anns, (dict,)):
+            return None
+        img = [a["image_id"] for a in anns]
+        cat = [a["category_id"] for a in anns]
+        bbox = [a["bbox"] for a in anns]
+        crowd = [a.get("iscrowd", 0) for a in anns]
+    except KeyError:
+        return None
+    if not (_all_types(img, (int,)) and _all_types(cat, (int,)) and _all_types(bbox, (list,))
+            and set(map(len, bbox)) <= {4} and _all_types(itertools.chain.from_iterable(bbox), (int, float))
+            and _all_types(crowd, (int,)) and set(crowd) <= {0, 1}):
+        return None
+    ids = np.asarray(image_ids, np.int64)
+    order = np.argsort(ids, kind="stable")
+    img = np.asarray(img, np.int64)
+    k = np.searchsorted(ids[order], img).clip(0, max(len(ids) - 1, 0))
+    if len(ids) == 0 or not np.array_equal(ids[order][k], img):
+        return None
+    cat_ids = np.asarray(sorted(cat_id_to_label), np.int64)
+    cat = np.asarray(cat, np.int64)
+    c = np.searchsorted(cat_ids, cat).clip(0, len(cat_ids) - 1)
+    if not np.array_equal(cat_ids[c], cat):
+        return None
+    labels = np.asarray([cat_id_to_label[i] for i in cat_ids.tolist()], np.int64)[c]
+    return order[k], labels, np.asarray(crowd, bool), np.asarray(bbox, np.float64).reshape(-1, 4)
+
+
+def first_outside_root(root: Path, file_names: Sequence[str]) -> Optional[int]:
+    """Index of the first file name that resolves outside ``root`` (``..``, absolute, or a symlink
+    leading out), else None: what ``os.path.realpath`` per name tells, with one realpath per
+    directory and one directory listing (for symlinks) instead of two lstat calls per image."""
+    root = Path(os.path.realpath(root))
+    dirs: dict[str, bool] = {}
+    links: dict[str, set[str]] = {}
+    for i, name in enumerate(file_names):
+        head, _, base = name.rpartition("/")
+        if name.startswith("/") or ".." in name.split("/") or "\\" in name:
+            inside = _inside(root, os.path.realpath(root / name))
+        else:
+            if head not in dirs:
+                real = os.path.realpath(root / head)
+                dirs[head] = _inside(root, real)
+                try:
+                    links[head] = {e.name for e in os.scandir(real) if e.is_symlink()}
+                except OSError:  # a missing folder: its images fail when read, as before
+                    links[head] = set()
+            inside = dirs[head] and (base not in links[head] or _inside(root, os.path.realpath(root / name)))
+        if not inside:
+            return i
+    return None
+
+
+def _inside(root: Path, path: str) -> bool:
+    return os.path.commonpath([path, str(root)]) == str(root)
