@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -144,8 +146,12 @@ def run_eval(results: str, val: str, backend: str) -> None:
                       "AP50": metrics["AP50"], "peak_mb": round(_peak_mb())}), flush=True)
 
 
-def _child(*args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True).stdout
+def _child(*args: str, code: str = "") -> dict:
+    """Runs this script's ``--child`` in a fresh process, importing ``retinanet`` from ``code`` (a
+    checkout) when given, else from this one."""
+    env = {**os.environ, "PYTHONPATH": code or str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True,
+                         env=env).stdout
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return {k: v for r in rows for k, v in r.items()}
 
@@ -159,6 +165,8 @@ def main() -> None:
     p.add_argument("--fetches", type=int, default=20_000, help="record look-ups per worker")
     p.add_argument("--backends", default="faster_coco_eval,pycocotools")
     p.add_argument("--skip-eval", action="store_true")
+    p.add_argument("--baseline", help="another checkout (e.g. ../main): measured too, alternating with this one")
+    p.add_argument("--repeat", type=int, default=1, help="rounds of (baseline, ours); the median is printed")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -167,20 +175,27 @@ def main() -> None:
     out = Path(args.out)
     generate(out, args.images, args.val_images)
     train, val, results = out / f"train_{args.images}.json", out / f"val_{args.val_images}.json", out / f"results_{args.val_images}.json"
-    r = _child("--child", "build", str(train), str(args.workers), str(args.fetches))
-    print(f"\n| measurement | value |\n|---|---:|")
-    print(f"| build CocoDetection, {r['images']} images ({train.stat().st_size / 2**20:.0f} MB JSON), s | {r['build_s']} |")
-    print(f"| peak memory of the build, MB | {r['peak_mb']} |")
+    codes = {"ours": ""} if not args.baseline else {"baseline": args.baseline, "ours": ""}
+    runs: dict[str, list[dict]] = {k: [] for k in codes}
+    for _ in range(args.repeat):  # alternating, so that load from other jobs hits both alike
+        for name, code in codes.items():
+            runs[name].append(_child("--child", "build", str(train), str(args.workers), str(args.fetches), code=code))
+    print(f"\nCocoDetection on {train.name} ({train.stat().st_size / 2**20:.0f} MB JSON), median of {args.repeat}\n")
+    print("| measurement | " + " | ".join(codes) + " |\n|---|" + "---:|" * len(codes))
+    rows = [("build, s", "build_s"), ("peak memory of the build, MB", "peak_mb")]
     if args.workers:
-        print(f"| memory each of {r['workers']} workers copied after {r['fetches']} look-ups, MB | {r['worker_growth_mb']} |")
+        rows.append((f"memory each of {args.workers} workers copied after {args.fetches} look-ups, MB", "worker_growth_mb"))
+    for label, key in rows:
+        print(f"| {label} | " + " | ".join(str(statistics.median(r[key] for r in runs[n])) for n in codes) + " |")
     if not args.skip_eval:
+        print(f"\n| eval --results {args.val_images} x 100 | s | AP |\n|---|---:|---:|")
         aps = {}
         for backend in args.backends.split(","):
-            e = _child("--child", "eval", str(results), str(val), backend)
-            aps[backend] = e["AP"]
-            print(f"| eval --results 5,000 x 100 ({backend}), s | {e['eval_s']} (AP {e['AP']:.3f}) |")
+            for name, code in codes.items():
+                e = _child("--child", "eval", str(results), str(val), backend, code=code)
+                aps[(name, backend)] = e["AP"]
+                print(f"| {backend} ({name}) | {e['eval_s']} | {e['AP']:.4f} |", flush=True)
         print(f"\nAP identical across backends: {len(set(aps.values())) == 1}")
-
 
 if __name__ == "__main__":
     main()
