@@ -66,6 +66,7 @@ def fuse_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Modul
     ``channels_last``, its weights in NHWC; feed it ``batch.contiguous(memory_format=torch.channels_last)``.
     Its outputs equal the model's to float rounding (~1e-6 relative)."""
     fused = copy.deepcopy(model).eval()
+    _undo_training_rewrite(fused)  # a model rewritten by prepare_for_training: back to conv, then norm
     for p in fused.parameters():
         p.requires_grad_(False)
     _fold_children(fused)
@@ -79,3 +80,57 @@ def weights_version(model: nn.Module) -> tuple:
     (optimizer steps, ``load_state_dict``): identity and in-place version counter of each tensor.
     Costs microseconds, so it can be checked before every forward."""
     return tuple((t.data_ptr(), t._version) for t in list(model.parameters()) + list(model.buffers()))
+
+
+# -- training: the same folding, recomputed every step because the convs still train ----------------
+
+class _ConvThenFrozenNorm(nn.Conv2d):
+    """A Conv2d followed by a FrozenBatchNorm2d, computed as one conv with weights scaled on the fly:
+    ``conv(x, w * s, b * s + t)`` instead of ``conv(x, w, b) * s + t``. Same parameters (the conv's
+    weight keeps training, gradients flow through the scaling) and the same state-dict keys; it
+    saves the norm's passes over the activations, forward and backward."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale, shift = _affine(self._frozen_norm[0])
+        bias = shift if self.bias is None else self.bias * scale + shift
+        return self._conv_forward(x, self.weight * scale.view(-1, 1, 1, 1), bias)
+
+
+class _NormFoldedIntoConv(FrozenBatchNorm2d):
+    """A FrozenBatchNorm2d whose conv applies it (see ``_ConvThenFrozenNorm``): identity here, its
+    buffers stay where checkpoints expect them."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+def _pairs(module: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """(conv, norm) pairs directly under ``module``, found as ``_fold_children`` finds them."""
+    if isinstance(module, nn.Sequential):
+        items = list(module)
+        return list(zip(items, items[1:]))
+    return [(c, getattr(module, "bn" + n[4:], None)) for n, c in module.named_children() if n.startswith("conv")]
+
+
+def prepare_for_training(model: nn.Module, channels_last: bool = True) -> nn.Module:
+    """Rewrites ``model`` in place for faster CPU/GPU training with identical parameters, state-dict
+    keys and outputs (to float rounding): each Conv2d followed by a FrozenBatchNorm2d computes both
+    (the classes are swapped, no tensor is copied), and with ``channels_last`` the weights are NHWC
+    (feed it channels_last batches). Returns ``model``. ``fuse_for_inference`` undoes the swap on its copy."""
+    for m in list(model.modules()):
+        for conv, norm in _pairs(m):
+            if type(conv) is nn.Conv2d and type(norm) is FrozenBatchNorm2d:
+                conv.__class__, norm.__class__ = _ConvThenFrozenNorm, _NormFoldedIntoConv
+                conv._frozen_norm = (norm,)  # a tuple: not registered as a second parent of the norm
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _undo_training_rewrite(model: nn.Module) -> None:
+    for m in model.modules():
+        if type(m) is _ConvThenFrozenNorm:
+            m.__class__ = nn.Conv2d
+            del m._frozen_norm
+        elif type(m) is _NormFoldedIntoConv:
+            m.__class__ = FrozenBatchNorm2d

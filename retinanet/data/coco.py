@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..preprocess import read_image, to_float_tensor
-from .records import ImageRecords, first_outside_root, group_by_image, load_json, parse_annotations
+from .records import ImageRecords, first_outside_root, gc_paused, group_by_image, load_json, parse_annotations
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +51,11 @@ class CocoDetection(Dataset):
         self.transform = transform
         self.skip_bad_images = skip_bad_images
         self._bad_paths: set[str] = set()
-        data = self._read_json()
-        self.categories, images_by_id, anns = self._validate(data)
-        self.cat_id_to_label = {c["id"]: i for i, c in enumerate(self.categories)}
-        self._build_targets(images_by_id, anns)
+        with gc_paused():  # millions of new objects and no cycles: collections would only cost time
+            data = self._read_json()
+            self.categories, images_by_id, anns = self._validate(data)
+            self.cat_id_to_label = {c["id"]: i for i, c in enumerate(self.categories)}
+            self._build_targets(images_by_id, anns)
         empty = self._records.num_boxes() == 0
         keep = [i for j, i in enumerate(images_by_id) if not (filter_empty and empty[j])]
         self.ids: list[int] = keep
