@@ -7,6 +7,7 @@ INSTALL_REQUIRES = [
     "torch==2.14.1",
     "torchvision==0.29.1",
     "pycocotools>=2.0.7",
+    "faster-coco-eval>=1.5",
     "albumentations>=1.4",
     "pyyaml>=6.0",
     "tensorboard>=2.14",
@@ -14,8 +15,9 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.7",
 ]
 EXTRAS = {
-    "test": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17", "faster-coco-eval>=1.5"],
-    "fast-eval": ["faster-coco-eval>=1.5"],
+    "test": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17"],
+    # orjson: 2x faster reading of COCO-sized JSON (annotations, results); json is the fallback.
+    "fast-eval": ["orjson>=3.8"],
     "export": ["onnx>=1.15", "onnxruntime>=1.17"],
 }
 

@@ -165,7 +165,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    backend: str = "pycocotools"  # pycocotools | faster_coco_eval
+    backend: str = "faster_coco_eval"  # faster_coco_eval (C++, same AP, ~4x faster) | pycocotools
     tta: bool = False
     tta_flip: bool = True
     tta_min_sizes: tuple[int, ...] = ()  # empty: only min_size_test

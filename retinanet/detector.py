@@ -7,6 +7,7 @@ go through its public steps: ``preprocess`` -> ``network`` -> ``postprocessor`` 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
@@ -17,6 +18,8 @@ from .build import (ConfigSource, build_model, build_postprocessor, build_prepro
                     resolve_config)
 from .checkpoint import load_checkpoint, load_model_state
 from .config import Config
+from .fusion import fuse_for_inference, weights_version
+from .model import RetinaNet
 from .outputs import DenseOutputs
 from .postprocess import rescale_boxes
 from .preprocess import ImageInput, to_float_tensor
@@ -48,9 +51,14 @@ class Detector:
     """A network (our RetinaNet, or an exported file's runtime) with the config it was built from,
     its preprocessing, post-processing and label -> category mapping."""
 
-    def __init__(self, model: nn.Module, cfg: Config, device: Union[str, torch.device, None] = None):
+    def __init__(self, model: nn.Module, cfg: Config, device: Union[str, torch.device, None] = None,
+                 fuse: bool = True):
         self.device = resolve_device(device)
         self.model = model.to(self.device)
+        # fuse: run a BatchNorm-folded, channels_last copy of a RetinaNet (fusion.py); same outputs to
+        # float rounding, ~1.3x faster on a CPU. Built on first use, rebuilt when the weights change.
+        self.fuse = fuse and isinstance(model, RetinaNet)
+        self._fused: Optional[tuple[tuple, nn.Module]] = None
         self.cfg = cfg
         self.categories = categories_of(cfg)
         self.preprocessor = build_preprocessor(cfg)
@@ -64,7 +72,16 @@ class Detector:
                     classes_from_val: bool = False) -> "Detector":
         """Builds the model of ``config`` (a YAML path or a Config; None: the checkpoint's own, with
         ``overrides``) and loads ``weights`` (our checkpoint, or a torchvision RetinaNet state dict)
-        from one read of the file. ``device`` None: the config's train.device."""
+        from one read of the file. ``device`` None: the config's train.device.
+
+        ``weights`` may also be a file written by ``retinanet export`` (``.onnx``: onnxruntime;
+        TorchScript): it carries its own config and categories, so ``config`` is not needed (a given
+        one is ignored with a warning) and ``overrides`` apply to the stored config."""
+        from .export import exported_format, load_exported  # export imports this module
+        if exported_format(weights):
+            if config is not None:
+                warnings.warn(f"{weights} carries its own config; --config {config} is ignored", stacklevel=2)
+            return load_exported(weights, device or "cpu", overrides=overrides)
         ckpt = load_checkpoint(weights) if weights else {}
         cfg = resolve_config(config, overrides, ckpt, classes_from_val)
         model = build_model(cfg)
@@ -84,8 +101,14 @@ class Detector:
     @torch.no_grad()
     def network(self, batch: Tensor) -> DenseOutputs:
         """The network on a preprocessed batch, in eval mode (the model's own mode is restored)."""
-        with eval_mode(self.model):
-            return self.model(batch)
+        if not self.fuse:
+            with eval_mode(self.model):
+                return self.model(batch)
+        version = weights_version(self.model)
+        nhwc = self.device.type == "cpu"  # fp32 NHWC convs pay on oneDNN, not reliably on cuDNN
+        if self._fused is None or self._fused[0] != version:
+            self._fused = (version, fuse_for_inference(self.model, channels_last=nhwc))
+        return self._fused[1](batch.contiguous(memory_format=torch.channels_last) if nhwc else batch)
 
     def to_results(self, boxes: Tensor, scores: Tensor, labels: Tensor, resized_size: tuple[int, int],
                    original_size: tuple[int, int]) -> dict:

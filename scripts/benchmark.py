@@ -9,16 +9,22 @@ its full top-k candidates, i.e. post-processing does the work it does for a trai
     python scripts/benchmark.py --size 512 --iters 3 --warmup 1 --threads 2
 
 Measures, per model: a training step (batch 2: preprocessing, forward, loss, backward; no
-optimizer) and inference per image (preprocessing, forward, post-processing, rescaling). It also
-checks that both give the same losses (our torchvision config uses normalize=image, box_loss=l1).
+optimizer) with the share of it spent in our loss and anchor matching; inference per image
+(preprocessing, forward, post-processing, rescaling) with ``Detector.predict`` (the default fast
+path) and, unless --no-onnx, through ONNX Runtime (``export.load_exported(path).predict``); and the
+training data loader's images/s with the default workers on --data (a COCO-format folder). It checks
+that both models give the same losses (our torchvision config uses normalize=image, box_loss=l1) and
+that every fast path returns torchvision's detections (as sets: boxes within 0.05 px, scores 1e-4).
+Inputs are real photos from --photos when present, else generated ones.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torchvision
@@ -30,9 +36,14 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from retinanet.build import build_criterion, build_model
 from retinanet.checkpoint import load_model_state
 from retinanet.config_loader import load_config
+from retinanet.data.loader import build_dataset, build_train_loader
 from retinanet.detector import Detector
+from retinanet.export import compare_detections, export_model, load_exported
+from retinanet.fusion import prepare_for_training
+from retinanet.preprocess import read_image, to_float_tensor
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "torchvision" / "retinanet_resnet50_fpn_coco.yaml"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def torchvision_model(size: int) -> torchvision.models.detection.RetinaNet:
@@ -45,13 +56,22 @@ def torchvision_model(size: int) -> torchvision.models.detection.RetinaNet:
     return model
 
 
-def sample_data(device: torch.device) -> tuple[list[torch.Tensor], list[dict]]:
-    """Two smooth random images (landscape, portrait) with a few boxes each, original pixels."""
+def sample_data(device: torch.device, photos: str = "") -> tuple[list[torch.Tensor], list[dict]]:
+    """Two images with a few boxes each (original pixels): the first landscape and first portrait
+    photo of ``photos`` if it has them, else smooth random images (landscape, portrait)."""
     g = torch.Generator().manual_seed(0)
     images, targets = [], []
-    for h, w in [(480, 640), (600, 450)]:
-        low = torch.rand(3, h // 32, w // 32, generator=g)
-        images.append(torch.nn.functional.interpolate(low[None], size=(h, w), mode="bilinear")[0].to(device))
+    files = sorted(Path(photos).glob("*.jpg")) if photos and Path(photos).is_dir() else []
+    loaded = [to_float_tensor(read_image(f)) for f in files[:40]]
+    picked = [next((im for im in loaded if im.shape[2] > im.shape[1]), None),
+              next((im for im in loaded if im.shape[1] > im.shape[2]), None)]
+    for k, (h, w) in enumerate([(480, 640), (600, 450)]):
+        if picked[k] is not None:
+            images.append(picked[k].to(device))
+            h, w = picked[k].shape[1:]
+        else:
+            low = torch.rand(3, h // 32, w // 32, generator=g)
+            images.append(torch.nn.functional.interpolate(low[None], size=(h, w), mode="bilinear")[0].to(device))
         xy = torch.rand(4, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
         wh = torch.rand(4, 2, generator=g) * torch.tensor([w * 0.35, h * 0.35]) + 16
         targets.append({"boxes": torch.cat([xy, xy + wh], 1).to(device),
@@ -69,6 +89,22 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def loader_images_per_s(root: str, size: int, batches: int = 20) -> Optional[tuple[float, int]]:
+    """(images/s, workers) of the training loader with the default dataloader settings on the COCO
+    folder ``root`` (images/, annotations/train.json), resizing to ``size``; None if absent."""
+    ann, images = Path(root) / "annotations" / "train.json", Path(root) / "images"
+    if not ann.is_file():
+        return None
+    cfg = load_config(CONFIG, [f"input.min_size_train=[{size}]", f"data.train.images={images}",
+                               f"data.train.annotations={ann}"])
+    loader = iter(build_train_loader(cfg, build_dataset(cfg, "train", train=True)))
+    next(loader)  # workers started
+    start, n = time.perf_counter(), 0
+    for _ in range(batches):
+        n += len(next(loader)["images"])
+    return n / (time.perf_counter() - start), cfg.dataloader.num_workers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=800, help="shortest image side after resizing")
@@ -76,6 +112,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--photos", default=str(SHARED / "raccoon" / "images"), help="folder of .jpg photos")
+    parser.add_argument("--data", default=str(SHARED / "raccoon"), help="COCO folder (images/, annotations/train.json) "
+                        "for the data-loader row; '' skips it")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime row")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -89,7 +129,12 @@ def main() -> None:
     ours.to(device)
     criterion = build_criterion(cfg).to(device)
     detector = Detector(ours, cfg, device)
-    images, targets = sample_data(device)
+    images, targets = sample_data(device, args.photos)
+    onnx = None
+    if not args.no_onnx:
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx = load_exported(export_model(detector, Path(tmp) / "tv.onnx"), device)
+    loss_time: list[float] = []
 
     def tv_train() -> dict:
         tv.train()
@@ -101,11 +146,15 @@ def main() -> None:
         ours.train()
         criterion.train()
         batch, sizes, _ = detector.preprocess(images)
+        batch = batch.contiguous(memory_format=torch.channels_last)
         scaled = []
         for t, im, (h, w) in zip(targets, images, sizes):
             scale = torch.tensor([w / im.shape[-1], h / im.shape[-2]] * 2, device=device)
             scaled.append({"boxes": t["boxes"] * scale, "labels": t["labels"]})
-        losses = criterion(ours(batch), scaled, gamma=cfg.model.loss.gamma)
+        outputs = ours(batch)
+        start = time.perf_counter()  # loss and anchor matching (the CPU runs them synchronously)
+        losses = criterion(outputs, scaled, gamma=cfg.model.loss.gamma)
+        loss_time.append(time.perf_counter() - start)
         (losses["loss_cls"] + losses["loss_box"]).backward()
         return losses
 
@@ -119,24 +168,49 @@ def main() -> None:
         for im in images:
             detector.predict(im)
 
+    def onnx_infer() -> None:
+        for im in images:
+            onnx.predict(im)
+
+    # Every fast path gives torchvision's detections, as sets (ties may come out in either order).
+    with torch.no_grad():
+        tv.eval()
+        ref = [{**r, "labels": detector.label_to_id[r["labels"].cpu()]} for r in tv(images)]
+    # Our reference path (no folding) too: with random weights, scores tie in float32 after the sigmoid,
+    # and at the top-k boundary torchvision (top-k on scores) and we (on logits) may keep another tie.
+    reference = Detector(ours, cfg, device, fuse=False)
+    refs = {"torchvision": ref, "our reference path": [reference.predict(im) for im in images]}
+    exact = {(name, against): all(compare_detections({k: v.cpu() for k, v in r.items() if k != "names"},
+                                                     d.predict(im), 0.05, 1e-4)[0] for r, im in zip(rs, images))
+             for name, d in (("Detector.predict", detector), ("ONNX Runtime", onnx), ("reference path", reference))
+             if d is not None for against, rs in refs.items() if d is not reference or against == "torchvision"}
+    prepare_for_training(ours)  # what the trainer does: conv + FrozenBN folded on the fly, channels_last
+
     # Same weights, same data, same loss definition: the losses must agree.
     ref, got = tv_train(), ours_train()
     tv.zero_grad(set_to_none=True)
     ours.zero_grad(set_to_none=True)
     loss_rows = [(k, ref[k].item(), got[k].item()) for k in ("loss_cls", "loss_box")]
 
-    times: dict[str, list[float]] = {k: [] for k in ("tv_train", "ours_train", "tv_infer", "ours_infer")}
+    times: dict[str, list[float]] = {k: [] for k in ("tv_train", "ours_train", "tv_infer", "ours_infer", "onnx_infer")}
+    shares: list[float] = []
     for i in range(args.warmup + args.iters):
         # Interleaved, so that load from other processes hits both models alike.
-        step = {"tv_train": timed(tv_train, device), "ours_train": timed(ours_train, device),
-                "tv_infer": timed(tv_infer, device) / len(images), "ours_infer": timed(ours_infer, device) / len(images)}
+        loss_time.clear()
+        step = {"tv_train": timed(tv_train, device), "ours_train": timed(ours_train, device)}
+        shares.append(loss_time[0] / step["ours_train"])
+        step.update({"tv_infer": timed(tv_infer, device) / len(images),
+                     "ours_infer": timed(ours_infer, device) / len(images)})
+        if onnx is not None:
+            step["onnx_infer"] = timed(onnx_infer, device) / len(images)
         tv.zero_grad(set_to_none=True)
         ours.zero_grad(set_to_none=True)
         if i >= args.warmup:
             for k, v in step.items():
                 times[k].append(v)
 
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    loader_rate = loader_images_per_s(args.data, args.size) if args.data else None
     print(f"\nRetinaNet R50-FPN, size {args.size}, device {device}, threads {torch.get_num_threads()}, "
           f"median of {args.iters} iterations after {args.warmup} warm-up\n")
     print("| measurement | torchvision | ours | ours / torchvision |")
@@ -145,6 +219,17 @@ def main() -> None:
           f"{med['ours_train'] / med['tv_train']:.3f} |")
     print(f"| inference per image (pre + fwd + post), s | {med['tv_infer']:.3f} | {med['ours_infer']:.3f} | "
           f"{med['ours_infer'] / med['tv_infer']:.3f} |")
+    if "onnx_infer" in med:
+        print(f"| inference per image, ONNX Runtime, s | {med['tv_infer']:.3f} | {med['onnx_infer']:.3f} | "
+              f"{med['onnx_infer'] / med['tv_infer']:.3f} |")
+    print(f"\nspeed-up (torchvision time / ours): training step {med['tv_train'] / med['ours_train']:.2f}x, "
+          f"Detector.predict {med['tv_infer'] / med['ours_infer']:.2f}x"
+          + (f", ONNX Runtime {med['tv_infer'] / med['onnx_infer']:.2f}x" if "onnx_infer" in med else ""))
+    print(f"loss + anchor matching: {100 * statistics.median(shares):.1f}% of our training step")
+    print(f"training step: {2 / med['ours_train']:.2f} images/s (ours), {2 / med['tv_train']:.2f} (torchvision)"
+          + (f"; data loader ({loader_rate[1]} workers, default): {loader_rate[0]:.1f} images/s" if loader_rate else ""))
+    for (name, against), ok in exact.items():
+        print(f"{name} detections equal {against}'s (as sets, 0.05 px, 1e-4): {'YES' if ok else 'NO'}")
     print("\n| loss | torchvision | ours | abs diff |")
     print("|---|---:|---:|---:|")
     for name, a, b in loss_rows:

@@ -17,7 +17,7 @@ from . import positive_int
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (default: the one stored in the checkpoint)")
-    p.add_argument("--weights", help="checkpoint to evaluate")
+    p.add_argument("--weights", help="checkpoint, or a .onnx / TorchScript file from `retinanet export` (carries its config)")
     p.add_argument("--output", help="folder for metrics.json and detections.json (default: <train.output_dir>/eval)")
     p.add_argument("--results", help="score this COCO results file instead of running a model")
     p.add_argument("--annotations", help="ground truth for --results (default: data.val.annotations)")

@@ -23,7 +23,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (default: the one stored in the checkpoint)")
-    p.add_argument("--weights", help="checkpoint")
+    p.add_argument("--weights", help="checkpoint, or a .onnx / TorchScript file from `retinanet export` (carries its config)")
     p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="image/video files, folders or globs")
     p.add_argument("--output", required=True, help="folder for the drawn images and predictions.json")
     p.add_argument("--score-thresh", type=float, default=0.3, help="drawn and written detections (default 0.3)")

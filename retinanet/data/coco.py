@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from ..preprocess import read_image, to_float_tensor
 from .validate import CocoFormatError, check_top_level, validate_coco
+from .records import ImageRecords, gc_paused, group_by_image, load_json, parse_annotations
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,13 @@ class CocoDetection(Dataset):
         self.transform = transform
         self.skip_bad_images = skip_bad_images
         self._bad_paths: set[str] = set()
-        data = self._read_json()
-        self.categories, images_by_id, anns = self._validate(data)
-        self.cat_id_to_label = {c["id"]: i for i, c in enumerate(self.categories)}
-        self._build_targets(images_by_id, anns)
-        keep = [i for i in images_by_id if not (filter_empty and len(self._targets[i][1]) == 0)]
+        with gc_paused():  # millions of new objects and no cycles: collections would only cost time
+            data = self._read_json()
+            self.categories, images_by_id, anns = self._validate(data)
+            self.cat_id_to_label = {c["id"]: i for i, c in enumerate(self.categories)}
+            self._build_targets(images_by_id, anns)
+        empty = self._records.num_boxes() == 0
+        keep = [i for j, i in enumerate(images_by_id) if not (filter_empty and empty[j])]
         self.ids: list[int] = keep
         self.stats.update(filtered_empty=len(images_by_id) - len(keep))
 
@@ -61,8 +64,7 @@ class CocoDetection(Dataset):
         if not self.annotation_file.is_file():
             raise DatasetError(f"annotation file not found: {self.annotation_file}")
         try:
-            with open(self.annotation_file, encoding="utf-8") as f:
-                data = json.load(f)
+            data = load_json(self.annotation_file)
         except json.JSONDecodeError as e:
             raise self._err(f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
         except (OSError, UnicodeDecodeError) as e:
@@ -86,7 +88,10 @@ class CocoDetection(Dataset):
         n, num = len(anns), (int, float)  # type() checks: fast, and exclude bool
         img_idx, labels = np.empty(n, np.int64), np.empty(n, np.int64)
         crowd, xywh = np.zeros(n, bool), np.empty((n, 4), np.float64)
-        for i, a in enumerate(anns):
+        fast = parse_annotations(anns, list(images), self.cat_id_to_label)  # column-wise; None if one is off
+        if fast is not None:
+            img_idx, labels, crowd, xywh = fast
+        for i, a in enumerate(anns if fast is None else ()):  # entry by entry: names the bad entry
             try:
                 bbox, iscrowd = a["bbox"], a.get("iscrowd", 0)
                 ok = (type(bbox) is list and len(bbox) == 4 and type(bbox[0]) in num and type(bbox[1]) in num
@@ -111,17 +116,18 @@ class CocoDetection(Dataset):
                            "negative), e.g. annotation %s in image %r: bbox %s", self.annotation_file, dropped,
                            MIN_ANNOTATION_SIZE, ref, images[anns[j]["image_id"]]["file_name"], anns[j]["bbox"])
         xyxy = xyxy.astype(np.float32)
-        per_image = []
-        for sel in (~bad & ~crowd, ~bad & crowd):  # training boxes, then crowd regions, grouped by image
-            order = np.argsort(img_idx[sel], kind="stable")
-            counts = np.bincount(img_idx[sel], minlength=len(images))
-            splits = np.cumsum(counts)[:-1]
-            per_image.append((np.split(xyxy[sel][order], splits), np.split(labels[sel][order], splits)))
-        (boxes, labs), (crowds, _) = per_image
-        self._targets = {k: (boxes[j], labs[j], crowds[j]) for j, k in enumerate(images)}
+        # Flat buffers, not per-image objects: forked loader workers then share them (data/records.py).
+        fg, cr = ~bad & ~crowd, ~bad & crowd
+        boxes, box_offsets = group_by_image(img_idx[fg], xyxy[fg], len(images))
+        labs, _ = group_by_image(img_idx[fg], labels[fg], len(images))
+        crowds, crowd_offsets = group_by_image(img_idx[cr], xyxy[cr], len(images))
+        self._records = ImageRecords(list(images), [v["file_name"] for v in images.values()],
+                                     [(v["height"], v["width"]) for v in images.values()], boxes, labs,
+                                     box_offsets, crowds, crowd_offsets)
+        del self._info  # the per-image dicts: the records hold the same
         self.stats: dict[str, int] = dict(
-            images=len(images), annotations=n, degenerate_dropped=dropped, crowd=int((~bad & crowd).sum()),
-            empty_images=sum(len(t[1]) == 0 for t in self._targets.values()), filtered_empty=0, skipped_images=0)
+            images=len(images), annotations=n, degenerate_dropped=dropped, crowd=int(cr.sum()),
+            empty_images=int((self._records.num_boxes() == 0).sum()), filtered_empty=0, skipped_images=0)
 
     # ------------------------------------------------------------------------------------------
     # Access
@@ -131,12 +137,13 @@ class CocoDetection(Dataset):
 
     def image_info(self, index: int) -> dict:
         """``{"file_name", "height", "width"}`` of dataset index ``index``, from the JSON (no image read)."""
-        return dict(self._info[self.ids[index]])
+        return self._records.info(self._records.position(self.ids[index]))
 
     def __getitem__(self, index: Index) -> Optional[dict]:
         index, seed = index if isinstance(index, (tuple, list)) else (index, None)
         image_id = self.ids[index]
-        info = self._info[image_id]
+        j = self._records.position(image_id)
+        info = self._records.info(j)
         path = self.root / info["file_name"]
         try:
             image = read_image(path)
@@ -153,7 +160,7 @@ class CocoDetection(Dataset):
                 self.stats["skipped_images"] = len(self._bad_paths)
                 logger.warning("skipping bad image %s: %s", path, e)
             return None
-        boxes, labels, crowd = (t.copy() for t in self._targets[image_id])  # callers may edit them in place
+        boxes, labels, crowd = self._records.targets(j)  # copies: callers may edit them in place
         if self.transform is not None:
             img, boxes, labels, crowd = self.transform(image, boxes, labels, crowd, seed)
         else:

@@ -1,0 +1,136 @@
+"""Inference-only rewrites of a RetinaNet that keep its outputs: BatchNorm folded into the preceding
+convolution, and the channels_last memory layout.
+
+``fuse_for_inference`` returns a *copy*: the caller's model, its parameters and its state-dict keys
+stay as they are (checkpoints, training and export see the original). The Detector keeps such a copy
+next to its model and rebuilds it when the model's weights change (see ``weights_version``).
+
+Why it pays on a CPU: a frozen BatchNorm after a conv is a full extra read and write of every
+activation map (``x * scale + shift``); folded into the conv weights (``w * scale``, bias
+``b * scale + shift``) it costs nothing. channels_last (NHWC) is the layout oneDNN's convolutions
+use natively, so PyTorch skips reordering every input and output.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+_NORMS = (FrozenBatchNorm2d, nn.BatchNorm2d)
+
+
+def _affine(norm: nn.Module) -> tuple[Tensor, Tensor]:
+    """(scale (C,), shift (C,)) such that ``norm(x) == x * scale + shift`` in eval mode."""
+    eps = norm.eps
+    scale = norm.weight * (norm.running_var + eps).rsqrt()
+    return scale, norm.bias - norm.running_mean * scale
+
+
+@torch.no_grad()
+def fold_norm_into_conv(conv: nn.Conv2d, norm: nn.Module) -> None:
+    """Rewrites ``conv`` in place so that ``conv(x) == norm(old_conv(x))`` (up to float rounding)."""
+    scale, shift = _affine(norm)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+    conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    conv.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
+
+
+def _fold_children(module: nn.Module) -> int:
+    """Folds every (conv, norm) pair directly under ``module``: consecutive entries of an
+    nn.Sequential (torchvision's downsample and Conv2dNormActivation), or attributes named
+    ``convN``/``bnN`` (torchvision's ResNet stem, BasicBlock and Bottleneck, whose forward calls
+    them in that order). The norm becomes an Identity. Returns the number of pairs folded."""
+    folded = 0
+    if isinstance(module, nn.Sequential):
+        items = list(module._modules.items())
+        for (_, a), (name_b, b) in zip(items, items[1:]):
+            if isinstance(a, nn.Conv2d) and isinstance(b, _NORMS):
+                fold_norm_into_conv(a, b)
+                module._modules[name_b] = nn.Identity()
+                folded += 1
+    else:
+        for name, child in list(module.named_children()):
+            if name.startswith("conv") and isinstance(child, nn.Conv2d):
+                norm = getattr(module, "bn" + name[4:], None)
+                if isinstance(norm, _NORMS):
+                    fold_norm_into_conv(child, norm)
+                    setattr(module, "bn" + name[4:], nn.Identity())
+                    folded += 1
+    return folded + sum(_fold_children(c) for c in module.children())
+
+
+def fuse_for_inference(model: nn.Module, channels_last: bool = True) -> nn.Module:
+    """An eval-mode copy of ``model`` with its BatchNorms folded into their convolutions and, with
+    ``channels_last``, its weights in NHWC; feed it ``batch.contiguous(memory_format=torch.channels_last)``.
+    Its outputs equal the model's to float rounding (~1e-6 relative)."""
+    fused = copy.deepcopy(model).eval()
+    _undo_training_rewrite(fused)  # a model rewritten by prepare_for_training: back to conv, then norm
+    for p in fused.parameters():
+        p.requires_grad_(False)
+    _fold_children(fused)
+    if channels_last:
+        fused = fused.to(memory_format=torch.channels_last)
+    return fused
+
+
+def weights_version(model: nn.Module) -> tuple:
+    """Changes whenever a parameter or buffer of ``model`` is replaced or modified in place
+    (optimizer steps, ``load_state_dict``): identity and in-place version counter of each tensor.
+    Costs microseconds, so it can be checked before every forward."""
+    return tuple((t.data_ptr(), t._version) for t in list(model.parameters()) + list(model.buffers()))
+
+
+# -- training: the same folding, recomputed every step because the convs still train ----------------
+
+class _ConvThenFrozenNorm(nn.Conv2d):
+    """A Conv2d followed by a FrozenBatchNorm2d, computed as one conv with weights scaled on the fly:
+    ``conv(x, w * s, b * s + t)`` instead of ``conv(x, w, b) * s + t``. Same parameters (the conv's
+    weight keeps training, gradients flow through the scaling) and the same state-dict keys; it
+    saves the norm's passes over the activations, forward and backward."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale, shift = _affine(self._frozen_norm[0])
+        bias = shift if self.bias is None else self.bias * scale + shift
+        return self._conv_forward(x, self.weight * scale.view(-1, 1, 1, 1), bias)
+
+
+class _NormFoldedIntoConv(FrozenBatchNorm2d):
+    """A FrozenBatchNorm2d whose conv applies it (see ``_ConvThenFrozenNorm``): identity here, its
+    buffers stay where checkpoints expect them."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+def _pairs(module: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """(conv, norm) pairs directly under ``module``, found as ``_fold_children`` finds them."""
+    if isinstance(module, nn.Sequential):
+        items = list(module)
+        return list(zip(items, items[1:]))
+    return [(c, getattr(module, "bn" + n[4:], None)) for n, c in module.named_children() if n.startswith("conv")]
+
+
+def prepare_for_training(model: nn.Module, channels_last: bool = True) -> nn.Module:
+    """Rewrites ``model`` in place for faster CPU/GPU training with identical parameters, state-dict
+    keys and outputs (to float rounding): each Conv2d followed by a FrozenBatchNorm2d computes both
+    (the classes are swapped, no tensor is copied), and with ``channels_last`` the weights are NHWC
+    (feed it channels_last batches). Returns ``model``. ``fuse_for_inference`` undoes the swap on its copy."""
+    for m in list(model.modules()):
+        for conv, norm in _pairs(m):
+            if type(conv) is nn.Conv2d and type(norm) is FrozenBatchNorm2d:
+                conv.__class__, norm.__class__ = _ConvThenFrozenNorm, _NormFoldedIntoConv
+                conv._frozen_norm = (norm,)  # a tuple: not registered as a second parent of the norm
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _undo_training_rewrite(model: nn.Module) -> None:
+    for m in model.modules():
+        if type(m) is _ConvThenFrozenNorm:
+            m.__class__ = nn.Conv2d
+            del m._frozen_norm
+        elif type(m) is _NormFoldedIntoConv:
+            m.__class__ = FrozenBatchNorm2d

@@ -1,0 +1,48 @@
+"""Compact per-image records and the column-wise annotation parser agree with the plain Python data."""
+from __future__ import annotations
+
+import gc
+import os
+
+import numpy as np
+
+from retinanet.data.records import (ImageRecords, first_outside_root, gc_paused, group_by_image, load_json,
+                                    parse_annotations)
+
+
+def test_records_round_trip():
+    boxes, offsets = group_by_image(np.array([1, 0, 1]), np.arange(12, dtype=np.float32).reshape(3, 4), 3)
+    labels, _ = group_by_image(np.array([1, 0, 1]), np.array([7, 8, 9]), 3)
+    rec = ImageRecords([30, 10, 20], ["a.jpg", "dir/é.png", "c.jpg"], [(4, 5), (6, 7), (8, 9)], boxes, labels,
+                       offsets, np.zeros((0, 4), np.float32), np.zeros(4, np.int64))
+    assert rec.position(10) == 1 and rec.info(1) == {"file_name": "dir/é.png", "height": 6, "width": 7}
+    b, lab, crowd = rec.targets(1)
+    assert b.tolist() == [[0, 1, 2, 3], [8, 9, 10, 11]] and lab.tolist() == [7, 9] and crowd.shape == (0, 4)
+    b[:] = -1  # a copy: the store is unchanged
+    assert rec.targets(1)[0][0, 0] == 0 and rec.targets(0)[0].shape == (1, 4) and rec.targets(2)[1].size == 0
+    assert rec.num_boxes().tolist() == [1, 2, 0] and rec.nbytes() > 0
+
+
+def test_parse_annotations_fast_and_refusing():
+    anns = [{"image_id": 5, "category_id": 3, "bbox": [1, 2, 3.5, 4]}, {"image_id": 2, "category_id": 1,
+                                                                        "bbox": [0, 0, 1, 1], "iscrowd": 1}]
+    img, lab, crowd, xywh = parse_annotations(anns, [2, 5], {1: 0, 3: 1})
+    assert img.tolist() == [1, 0] and lab.tolist() == [1, 0] and crowd.tolist() == [False, True]
+    assert xywh.tolist() == [[1, 2, 3.5, 4], [0, 0, 1, 1]]
+    for bad in ({"image_id": 9}, {"category_id": 2}, {"bbox": [1, 2, 3]}, {"bbox": [True, 0, 1, 1]},
+                {"iscrowd": 2}, {"image_id": "5"}):
+        assert parse_annotations([{**anns[0], **bad}], [2, 5], {1: 0, 3: 1}) is None, bad
+
+
+def test_outside_root_and_json(tmp_path):
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    os.symlink(tmp_path, root / "sub" / "out.png")
+    assert first_outside_root(root, ["a.png", "sub/b.png", "sub/../c.png"]) is None
+    assert first_outside_root(root, ["a.png", "sub/out.png"]) == 1
+    assert first_outside_root(root, ["../x.png"]) == 0 and first_outside_root(root, ["/etc/passwd"]) == 0
+    (tmp_path / "nan.json").write_text('{"a": NaN}')  # orjson refuses NaN: json reads it
+    assert np.isnan(load_json(tmp_path / "nan.json")["a"])
+    with gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
