@@ -72,3 +72,15 @@ def test_infer_bad_checkpoint(tmp_path, capsys):
     rc = main(["infer", "--config", str(config), "--weights", str(tmp_path / "nope.pth"), "--input", str(images),
                "--output", str(tmp_path / "o")])
     assert rc == 2 and "nope.pth" in capsys.readouterr().err
+
+
+def test_overrides_go_before_input_or_after_double_dash():
+    import argparse
+
+    from retinanet.commands import infer
+    p = argparse.ArgumentParser()
+    infer.add_arguments(p)
+    before = p.parse_args(["--output", "o", "a.b=1", "--input", "x.jpg", "y.jpg"])
+    after = p.parse_args(["--output", "o", "--input", "x.jpg", "y.jpg", "--", "a.b=1"])
+    for args in (before, after):
+        assert args.input == ["x.jpg", "y.jpg"] and args.overrides == ["a.b=1"]
