@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 
 from .box_coder import BoxCoder
-from .losses import CLASS_LOSSES, box_regression_loss, classification_loss
+from .losses import CLASS_LOSSES, box_regression_loss, classification_loss, sigmoid_focal_loss_sparse
 from .matcher import IGNORE, Matcher
 from .outputs import DenseOutputs
 
@@ -28,7 +28,12 @@ class RetinaNetLoss(nn.Module):
     Targets are dicts with ``boxes`` (G, 4) xyxy in padded-image pixels, ``labels`` (G,) in [0, K),
     and optionally ``crowd_boxes`` (C, 4), which become ignore regions. The focal ``gamma`` comes
     with every call, because a gamma schedule changes it during training.
+
+    The focal loss runs sparse (``sigmoid_focal_loss_sparse``: no one-hot target, gradient computed in
+    the forward pass); setting ``sparse_focal = False`` on an instance runs the dense reference path.
     """
+
+    sparse_focal = True
 
     def __init__(self, matcher: Matcher, box_coder: BoxCoder, cls_loss: str = "focal", alpha: float = 0.25,
                  beta: float = 1.0, box_loss: str = "l1", smooth_l1_beta: float = 0.1, box_weight: float = 1.0,
@@ -66,17 +71,20 @@ class RetinaNetLoss(nn.Module):
         for i, t in enumerate(targets):
             gt_boxes[i, : len(t["labels"])] = t["boxes"].float()
             gt_labels[i, : len(t["labels"])] = t["labels"]
-        idx = matched.clamp(min=0)
-        anchor_labels = torch.where(fg, gt_labels.gather(1, idx), k)  # k = background
-        target = F.one_hot(anchor_labels, k + 1)[..., :k].to(logits.dtype)
-
-        cls = classification_loss(self.cls_loss, logits, target, self.alpha, gamma, self.beta, self.modulator,
-                                  self.poly_epsilon)
-        cls_per_image = (cls.sum(-1) * valid).sum(-1)  # (N,)
-
         img_idx, anchor_idx = fg.nonzero(as_tuple=True)
-        box_rows = self._box_loss(deltas[img_idx, anchor_idx], anchors[anchor_idx],
-                                  gt_boxes[img_idx, idx[img_idx, anchor_idx]])
+        gt_idx = matched[img_idx, anchor_idx]
+        if self.cls_loss == "focal" and self.sparse_focal and gamma >= 0:
+            # Sparse: the (N, R, K) one-hot target is never built; only the foreground entries are 1.
+            positives = (img_idx, anchor_idx, gt_labels[img_idx, gt_idx])
+            cls_per_image = sigmoid_focal_loss_sparse(logits, valid, positives, self.alpha, gamma)
+        else:
+            anchor_labels = torch.where(fg, gt_labels.gather(1, matched.clamp(min=0)), k)  # k = background
+            target = F.one_hot(anchor_labels, k + 1)[..., :k].to(logits.dtype)
+            cls = classification_loss(self.cls_loss, logits, target, self.alpha, gamma, self.beta, self.modulator,
+                                      self.poly_epsilon)
+            cls_per_image = (cls.sum(-1) * valid).sum(-1)  # (N,)
+
+        box_rows = self._box_loss(deltas[img_idx, anchor_idx], anchors[anchor_idx], gt_boxes[img_idx, gt_idx])
         box_per_image = logits.new_zeros(n).index_add_(0, img_idx, box_rows)
 
         num_fg_per_image = fg.sum(1).float()

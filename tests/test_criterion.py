@@ -196,3 +196,29 @@ def test_bf16_autocast_gives_fp32_finite_losses(tiny_cfg):
     assert torch.isfinite(losses["loss_cls"]) and torch.isfinite(losses["loss_box"])
     (losses["loss_cls"] + losses["loss_box"]).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+@pytest.mark.parametrize("normalize", ["batch", "image", "ema"])
+def test_sparse_focal_equals_dense_path(normalize, gamma):
+    """The default focal loss runs sparse; the dense one-hot path it replaced gives the same losses and gradients."""
+    targets = _targets()
+    targets[0]["crowd_boxes"] = torch.tensor([[150.0, 100, 220, 160]])  # ignored anchors
+    base = _dense(3, scale=2.0)
+    results = []
+    for sparse in (True, False):
+        out = DenseOutputs(base.cls_logits.clone().requires_grad_(True), base.box_deltas.clone().requires_grad_(True),
+                           base.anchors, base.level_sizes)
+        crit = _criterion(normalize=normalize)
+        crit.sparse_focal = sparse
+        losses = [crit(out, targets, gamma=gamma) for _ in range(2)]  # twice: the EMA moves
+        sum(v["loss_cls"] + v["loss_box"] for v in losses).backward()
+        results.append(([v[k] for v in losses for k in ("loss_cls", "loss_box", "num_fg")],
+                        out.cls_logits.grad, out.box_deltas.grad, crit.ema_normalizer))
+    (values, g_cls, g_box, ema), (values_ref, g_cls_ref, g_box_ref, ema_ref) = results
+    assert values[2] > 0
+    for got, expected in zip(values, values_ref):
+        torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(g_cls, g_cls_ref)
+    torch.testing.assert_close(g_box, g_box_ref)
+    torch.testing.assert_close(ema, ema_ref)

@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 import torchvision.ops
 
+from retinanet import losses
 from retinanet.losses import (alpha_balanced_bce, box_regression_loss, classification_loss, focal_loss_star,
-                              sigmoid_focal_loss, softmax_focal_loss)
+                              sigmoid_focal_loss, sigmoid_focal_loss_sparse, softmax_focal_loss)
 
 
 def _logits_targets(*shape: int, dtype=torch.float32):
@@ -161,3 +162,95 @@ def test_classification_loss_by_name():
     torch.testing.assert_close(classification_loss("alpha_bce", x, t, 0.25, 2.0, 1.0), alpha_balanced_bce(x, t))
     with pytest.raises(ValueError, match="focal"):
         classification_loss("ce", x, t, 0.25, 2.0, 1.0)
+
+
+def _sparse_case(seed: int = 0, extreme: bool = True):
+    """Logits (3, 40, 6) float64, with ``extreme`` 4 saturated anchors per image (+-50, +-1e4); weights with
+    ignored (0) and fractional anchors; 6 positives per image, 5 of them on the anchors that can saturate
+    (anchor 3 has two classes; anchor 7 of image 2 is ignored)."""
+    g = torch.Generator().manual_seed(seed)
+    n, r, k = 3, 40, 6
+    x = torch.randn(n, r, k, generator=g, dtype=torch.float64) * 4
+    if extreme:
+        x[:, :4] = torch.tensor([50.0, -50.0, 1e4, -1e4], dtype=torch.float64)[:, None]  # every class saturated
+    weight = (torch.rand(n, r, generator=g) > 0.25).double()
+    weight[:, 20] = 0.5
+    image = torch.arange(n).repeat_interleave(6)
+    anchor = torch.tensor([0, 1, 2, 3, 7, 3]).repeat(n)
+    cls = torch.randint(0, k, (n, 6), generator=g)
+    cls[:, 5] = (cls[:, 3] + 1) % k  # a second class on anchor 3 (multi-label)
+    cls = cls.flatten()
+    weight[image, anchor] = 1.0
+    weight[2, 7] = 0.0
+    target = torch.zeros(n, r, k, dtype=torch.float64)
+    target[image, anchor, cls] = 1
+    return x, weight, (image, anchor, cls), target
+
+
+@pytest.mark.parametrize("extreme", [False, True])  # with saturated logits the sums are ~1e4 larger
+@pytest.mark.parametrize("block", [None, 50])  # 50 elements: 8-row blocks, the last one partial
+@pytest.mark.parametrize("alpha", [0.25, -1.0])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 3.0])
+def test_sparse_focal_equals_torchvision(gamma, alpha, block, extreme, monkeypatch):
+    if block is not None:
+        monkeypatch.setattr(losses, "_CPU_BLOCK_ELEMENTS", block)
+    x, weight, positives, target = _sparse_case(extreme=extreme)
+    grad_out = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    # Reference in float64. Torchvision's gradient is 0 * inf = NaN at saturated logits for gamma < 1, where
+    # our dense sigmoid_focal_loss (its values equal torchvision's) is the reference for the gradient.
+    dense = torchvision.ops.sigmoid_focal_loss if gamma == 0 or gamma >= 1 else sigmoid_focal_loss
+    x_ref = x.clone().requires_grad_(True)
+    expected = (dense(x_ref, target, alpha=alpha, gamma=gamma).sum(-1) * weight).sum(-1)
+    torch.testing.assert_close(expected, (torchvision.ops.sigmoid_focal_loss(x, target, alpha, gamma).sum(-1)
+                                          * weight).sum(-1))
+    expected.backward(grad_out)
+
+    x32 = x.float().requires_grad_(True)
+    got = sigmoid_focal_loss_sparse(x32, weight.float(), positives, alpha, gamma)
+    got.backward(grad_out.float())
+    assert got.dtype == torch.float32 and got.shape == (3,)
+    assert torch.isfinite(x32.grad).all()
+    torch.testing.assert_close(got.double(), expected.detach(), rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(x32.grad.double(), x_ref.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_focal_small_softplus_keeps_its_digits():
+    # At gamma = 0 the loss of a negative is softplus(x) = log1p(e^x): for x << 0 log(1 + e^x) rounds 1 + e^x
+    # and loses the relative precision (all of it below x = -17).
+    x = torch.linspace(-30, -8, 600, dtype=torch.float64).view(1, 100, 6)
+    expected = F.softplus(x).sum((1, 2))
+    got = sigmoid_focal_loss_sparse(x.float(), torch.ones(1, 100), (torch.zeros(0, dtype=torch.int64),) * 3, -1, 0.0)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=0.0)
+
+
+def test_sparse_focal_edge_cases():
+    x, weight, positives, target = _sparse_case(1)
+    x = x.float()
+    no_pos = (torch.zeros(0, dtype=torch.int64),) * 3
+    # No positives: every entry a negative.
+    x1 = x.clone().requires_grad_(True)
+    sigmoid_focal_loss_sparse(x1, weight, no_pos).sum().backward()
+    x2 = x.clone().requires_grad_(True)
+    (sigmoid_focal_loss(x2, torch.zeros_like(x2)).sum(-1) * weight).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+    # bf16 logits: the loss is computed in float32, the gradient comes back in bf16.
+    xb = x.bfloat16().requires_grad_(True)
+    loss = sigmoid_focal_loss_sparse(xb, weight, positives)
+    loss.sum().backward()
+    assert loss.dtype == torch.float32 and xb.grad.dtype == torch.bfloat16 and torch.isfinite(xb.grad).all()
+    # Without a gradient to compute (evaluation), the same values.
+    with_grad = sigmoid_focal_loss_sparse(x.clone().requires_grad_(True), weight, positives)
+    assert with_grad.requires_grad
+    with torch.no_grad():
+        assert torch.equal(sigmoid_focal_loss_sparse(x.clone().requires_grad_(True), weight, positives), with_grad.detach())
+    assert torch.equal(sigmoid_focal_loss_sparse(x, weight, positives), with_grad.detach())
+    # The saved gradient is scaled in place: a second backward must fail, not return a wrong gradient.
+    x3 = x.detach().clone().requires_grad_(True)
+    loss = sigmoid_focal_loss_sparse(x3, weight, positives).sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second"):
+        loss.backward()
+    with pytest.raises(ValueError, match="gamma"):
+        sigmoid_focal_loss_sparse(x, weight, positives, gamma=-1.0)
+    with pytest.raises(ValueError, match="constant"):
+        sigmoid_focal_loss_sparse(x, weight.requires_grad_(True), positives)

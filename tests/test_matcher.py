@@ -6,6 +6,7 @@ from torchvision.models.detection._utils import Matcher as TVMatcher
 from torchvision.ops import box_iou
 
 from retinanet.matcher import BACKGROUND, IGNORE, Matcher, crowd_ioa
+from retinanet.matcher import box_iou as our_box_iou
 
 
 def _random_boxes(n: int, size: float = 200.0) -> torch.Tensor:
@@ -79,3 +80,12 @@ def test_crowd_boxes_become_ignore_regions():
 def test_bad_thresholds():
     with pytest.raises(ValueError, match="bg_iou"):
         Matcher(0.4, 0.5)
+
+
+def test_box_iou_is_torchvisions_bit_for_bit():
+    # Bit for bit, so that IoU ties and the fg/bg thresholds fall exactly where torchvision's do.
+    torch.manual_seed(1)
+    anchors = torch.cat([_random_boxes(2000), torch.tensor([[5.0, 5, 5, 9], [0, 0, 0, 0]])])  # with empty anchors
+    for g in (0, 1, 7, 40):
+        gt = _random_boxes(g)
+        assert torch.equal(our_box_iou(gt, anchors), box_iou(gt, anchors))
