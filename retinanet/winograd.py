@@ -61,6 +61,8 @@ class WinogradConv2d(nn.Module):
         self.register_buffer("bias", bias.clone(), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_tracing():
+            return self.traceable(x)
         n, c, h, w = x.shape
         if h * w < self.min_pixels or x.dtype != self.u.dtype:
             return self.conv(x)
@@ -84,6 +86,21 @@ class WinogradConv2d(nn.Module):
             # Un-tile and add the bias in one pass.
             torch.add(y4.permute(2, 3, 0, 4, 1, 5), self.bias, out=y[:, r0:r0 + rows])
         return y.view(n, _M * th, _M * tw, k)[:, :h, :w].permute(0, 3, 1, 2)
+
+    def traceable(self, x: Tensor) -> Tensor:
+        """The same in NCHW for export: any input size (shapes traced, no blocks, no fallback), and
+        only ops that ONNX has (strided slices instead of an overlapping view)."""
+        n, c, h, w = x.shape
+        th, tw = (h + _M - 1) // _M, (w + _M - 1) // _M
+        k = self.u.shape[-1]
+        xp = F.pad(x, (1, _M * tw - w + 1, 1, _M * th - h + 1))
+        tiles = torch.stack([xp[:, :, r:r + _M * th:_M, q:q + _M * tw:_M] for r in range(_A) for q in range(_A)])
+        tiles = tiles.transpose(1, 2).reshape(_A * _A, -1)  # (36, C * N * P), P = th * tw
+        v = torch.matmul(self.bt, tiles).reshape(_A * _A, c, -1)  # (36, C, N * P)
+        m = torch.matmul(self.u.transpose(1, 2), v)  # (36, K, N * P)
+        y = torch.matmul(self.at, m.reshape(_A * _A, -1)).reshape(_M, _M, k, n, th, tw)
+        y = y.permute(3, 2, 4, 0, 5, 1).reshape(n, k, _M * th, _M * tw)[:, :, :h, :w]
+        return y + self.bias.view(1, -1, 1, 1)
 
 
 def winograd_convs(model: nn.Module, min_channels: int = 256, min_pixels: int = 100) -> int:

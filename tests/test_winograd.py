@@ -85,3 +85,29 @@ def test_fused_retinanet_with_winograd_matches_the_model(tiny_cfg):
         ref, got = model(x), fused(x)
     for a, b in ((ref.cls_logits, got.cls_logits), (ref.box_deltas, got.box_deltas)):
         assert (a - b).abs().max().item() <= 1e-4 * a.abs().max().item()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript-based exporter, chosen in export.py
+def test_traceable_form_matches_and_exports_to_onnx_with_any_size(tmp_path):
+    """The export form (strided slices, NCHW) gives the same outputs, and one ONNX file traced at one
+    size serves others (the tiling is traced as shape arithmetic, not baked in)."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 12, 3, padding=1)
+    wino = WinogradConv2d(conv, min_pixels=0).eval()
+    path = tmp_path / "wino.onnx"
+    with torch.no_grad():
+        torch.onnx.export(wino, (torch.randn(1, 16, 8, 12),), str(path), input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "y": {0: "n", 2: "h", 3: "w"}},
+                          opset_version=17, dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in [(1, 16, 8, 12), (2, 16, 13, 7), (1, 16, 21, 30)]:
+        x = torch.randn(shape)
+        ref = _oracle(conv, x)
+        with torch.no_grad():
+            eager = wino.traceable(x)
+        (got,) = session.run(None, {"x": x.numpy()})
+        tol = 2e-5 * ref.abs().max().item()
+        assert (eager.double() - ref).abs().max().item() <= tol
+        assert got.shape == tuple(ref.shape) and (torch.from_numpy(got).double() - ref).abs().max().item() <= tol
