@@ -107,7 +107,7 @@ class Detector:
         version = weights_version(self.model)
         nhwc = self.device.type == "cpu"  # fp32 NHWC convs pay on oneDNN, not reliably on cuDNN
         if self._fused is None or self._fused[0] != version:
-            self._fused = (version, fuse_for_inference(self.model, channels_last=nhwc))
+            self._fused = (version, fuse_for_inference(self.model, channels_last=nhwc, winograd=nhwc))
         return self._fused[1](batch.contiguous(memory_format=torch.channels_last) if nhwc else batch)
 
     def to_results(self, boxes: Tensor, scores: Tensor, labels: Tensor, resized_size: tuple[int, int],

@@ -14,6 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("onnx", "torchscript"), help="default: from the --output suffix (.onnx)")
     p.add_argument("--output", required=True, help="file to write, e.g. model.onnx or model.pt")
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--no-winograd", action="store_true",
+                   help="ONNX: plain 3x3 convs (for GPU runtimes, which pick their own conv algorithms); "
+                        "by default the wide ones are Winograd F(4x4, 3x3) graphs, faster in onnxruntime on a CPU")
     p.add_argument("--no-verify", action="store_true", help="skip comparing the exported model with PyTorch")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
@@ -25,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.weights:
         raise ValueError("--weights is required (a checkpoint written by `retinanet train`, or a torchvision state dict)")
     detector = Detector.from_config(args.config, args.weights, "cpu", args.overrides)
-    path = export_model(detector, args.output, fmt, args.opset)
+    path = export_model(detector, args.output, fmt, args.opset, winograd=not args.no_winograd)
     print(f"wrote {path} ({fmt}; outputs: per-level class logits and box deltas, post-processing in Python)",
           file=sys.stderr)
     if not args.no_verify:

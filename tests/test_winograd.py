@@ -1,0 +1,113 @@
+"""Winograd F(4x4, 3x3) convolutions against the direct convolution (float64 as the oracle)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from retinanet.fusion import fuse_for_inference
+from retinanet.winograd import WinogradConv2d, winograd_convs, winograd_eligible
+
+
+def _oracle(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    bias = conv.bias.double() if conv.bias is not None else None
+    return F.conv2d(x.double(), conv.weight.double(), bias, padding=1)
+
+
+@pytest.mark.parametrize("n, c, k, h, w, bias, block", [
+    (1, 32, 16, 16, 20, True, 128),   # whole tiles
+    (2, 16, 24, 13, 7, True, 128),    # batch, sizes not multiples of 4
+    (1, 8, 40, 9, 30, False, 4),      # no bias; several blocks of tile rows, the last one short
+    (3, 24, 8, 5, 5, True, 1),        # one tile row per block, batch 3
+])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_matches_direct_convolution(n, c, k, h, w, bias, block, channels_last):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(c, k, 3, padding=1, bias=bias)
+    if bias:
+        nn.init.uniform_(conv.bias, -1, 1)
+    x = torch.randn(n, c, h, w)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    wino = WinogradConv2d(conv, min_pixels=0, block_tiles=block)
+    with torch.no_grad():
+        got, ref = wino(x), _oracle(conv, x)
+    assert got.shape == ref.shape == (n, k, h, w)
+    # The direct fp32 conv is within ~1e-6 of float64 here; Winograd's transforms add ~10x that.
+    err = (got.double() - ref).abs().max().item()
+    assert err <= 2e-5 * ref.abs().max().item(), err
+    assert got.is_contiguous(memory_format=torch.channels_last) or (h % 4 or w % 4)
+
+
+def test_small_maps_run_the_direct_convolution():
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    wino = WinogradConv2d(conv, min_pixels=100)
+    x = torch.randn(1, 8, 9, 11)  # 99 pixels
+    with torch.no_grad():
+        assert torch.equal(wino(x), conv(x))
+
+
+@pytest.mark.parametrize("conv, eligible", [
+    (nn.Conv2d(8, 8, 3, padding=1), True),
+    (nn.Conv2d(8, 8, 3, padding=1, stride=2), False),
+    (nn.Conv2d(8, 8, 1), False),
+    (nn.Conv2d(8, 8, 3, padding=2, dilation=2), False),
+    (nn.Conv2d(8, 8, 3, padding=1, groups=2), False),
+    (nn.Conv2d(8, 8, 3, padding=0), False),
+    (nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"), False),
+])
+def test_eligible_convs_only(conv, eligible):
+    assert winograd_eligible(conv) is eligible
+    model = nn.Sequential(conv)
+    assert winograd_convs(model, min_channels=8) == int(eligible)
+    assert isinstance(model[0], WinogradConv2d) is eligible
+    if not eligible:
+        with pytest.raises(ValueError, match="3x3 conv with stride 1"):
+            WinogradConv2d(conv)
+
+
+def test_narrow_convs_stay_direct():
+    model = nn.Sequential(nn.Conv2d(64, 256, 3, padding=1), nn.Conv2d(256, 8, 3, padding=1))
+    assert winograd_convs(model, min_channels=256) == 1
+    assert type(model[0]) is nn.Conv2d and isinstance(model[1], WinogradConv2d)
+
+
+def test_fused_retinanet_with_winograd_matches_the_model(tiny_cfg):
+    from retinanet.build import build_model
+    cfg = tiny_cfg("model.fpn.channels=64")
+    model = build_model(cfg).eval()
+    fused = fuse_for_inference(model, winograd=True)
+    # With the test's narrow head the threshold is lowered so that every head and FPN conv switches.
+    assert winograd_convs(fused, min_channels=64) > 0
+    x = torch.randn(2, 3, 128, 160).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref, got = model(x), fused(x)
+    for a, b in ((ref.cls_logits, got.cls_logits), (ref.box_deltas, got.box_deltas)):
+        assert (a - b).abs().max().item() <= 1e-4 * a.abs().max().item()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript-based exporter, chosen in export.py
+def test_traceable_form_matches_and_exports_to_onnx_with_any_size(tmp_path):
+    """The export form (strided slices, NCHW) gives the same outputs, and one ONNX file traced at one
+    size serves others (the tiling is traced as shape arithmetic, not baked in)."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 12, 3, padding=1)
+    wino = WinogradConv2d(conv, min_pixels=0).eval()
+    path = tmp_path / "wino.onnx"
+    with torch.no_grad():
+        torch.onnx.export(wino, (torch.randn(1, 16, 8, 12),), str(path), input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "y": {0: "n", 2: "h", 3: "w"}},
+                          opset_version=17, dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for shape in [(1, 16, 8, 12), (2, 16, 13, 7), (1, 16, 21, 30)]:
+        x = torch.randn(shape)
+        ref = _oracle(conv, x)
+        with torch.no_grad():
+            eager = wino.traceable(x)
+        (got,) = session.run(None, {"x": x.numpy()})
+        tol = 2e-5 * ref.abs().max().item()
+        assert (eager.double() - ref).abs().max().item() <= tol
+        assert got.shape == tuple(ref.shape) and (torch.from_numpy(got).double() - ref).abs().max().item() <= tol
