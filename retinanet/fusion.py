@@ -13,12 +13,13 @@ use natively, so PyTorch skips reordering every input and output.
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from .winograd import winograd_convs
+from .winograd import winograd_convs, winograd_eligible, winograd_train_conv
 
 _NORMS = (FrozenBatchNorm2d, nn.BatchNorm2d)
 
@@ -101,6 +102,22 @@ class _ConvThenFrozenNorm(nn.Conv2d):
         return self._conv_forward(x, self.weight * scale.view(-1, 1, 1, 1), bias)
 
 
+class _WinogradConv(nn.Conv2d):
+    """A wide 3x3 conv that trains through Winograd F(4x4, 3x3) on a CPU (``winograd.winograd_train_conv``):
+    4x fewer multiply-adds forward and backward. Same parameters and state-dict keys; the direct
+    conv elsewhere (CUDA, autocast, other dtypes, maps under 100 pixels)."""
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        if (x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
+                or x.shape[-2] * x.shape[-1] < 100):
+            return super()._conv_forward(x, weight, bias)
+        return winograd_train_conv(x, weight, bias)
+
+
+class _WinogradConvThenFrozenNorm(_ConvThenFrozenNorm, _WinogradConv):
+    """Both rewrites: the norm folded into the weights, then the Winograd conv."""
+
+
 class _NormFoldedIntoConv(FrozenBatchNorm2d):
     """A FrozenBatchNorm2d whose conv applies it (see ``_ConvThenFrozenNorm``): identity here, its
     buffers stay where checkpoints expect them."""
@@ -117,16 +134,23 @@ def _pairs(module: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     return [(c, getattr(module, "bn" + n[4:], None)) for n, c in module.named_children() if n.startswith("conv")]
 
 
-def prepare_for_training(model: nn.Module, channels_last: bool = True) -> nn.Module:
+def prepare_for_training(model: nn.Module, channels_last: bool = True, winograd: bool = False,
+                         min_channels: int = 256) -> nn.Module:
     """Rewrites ``model`` in place for faster CPU/GPU training with identical parameters, state-dict
     keys and outputs (to float rounding): each Conv2d followed by a FrozenBatchNorm2d computes both
-    (the classes are swapped, no tensor is copied), and with ``channels_last`` the weights are NHWC
-    (feed it channels_last batches). Returns ``model``. ``fuse_for_inference`` undoes the swap on its copy."""
+    (the classes are swapped, no tensor is copied); with ``winograd`` (CPU training), 3x3 convs with
+    at least ``min_channels`` inputs run as Winograd F(4x4, 3x3); and with ``channels_last`` the
+    weights are NHWC (feed it channels_last batches). Returns ``model``. ``fuse_for_inference``
+    undoes the swaps on its copy."""
     for m in list(model.modules()):
         for conv, norm in _pairs(m):
             if type(conv) is nn.Conv2d and type(norm) is FrozenBatchNorm2d:
                 conv.__class__, norm.__class__ = _ConvThenFrozenNorm, _NormFoldedIntoConv
                 conv._frozen_norm = (norm,)  # a tuple: not registered as a second parent of the norm
+    if winograd:
+        for m in list(model.modules()):
+            if type(m) in (nn.Conv2d, _ConvThenFrozenNorm) and m.in_channels >= min_channels and winograd_eligible(m):
+                m.__class__ = _WinogradConvThenFrozenNorm if type(m) is _ConvThenFrozenNorm else _WinogradConv
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return model
@@ -134,8 +158,9 @@ def prepare_for_training(model: nn.Module, channels_last: bool = True) -> nn.Mod
 
 def _undo_training_rewrite(model: nn.Module) -> None:
     for m in model.modules():
-        if type(m) is _ConvThenFrozenNorm:
-            m.__class__ = nn.Conv2d
+        if isinstance(m, _ConvThenFrozenNorm):
             del m._frozen_norm
+        if isinstance(m, (_ConvThenFrozenNorm, _WinogradConv)):
+            m.__class__ = nn.Conv2d
         elif type(m) is _NormFoldedIntoConv:
             m.__class__ = FrozenBatchNorm2d

@@ -184,7 +184,8 @@ def main() -> None:
                                                      d.predict(im), 0.05, 1e-4)[0] for r, im in zip(rs, images))
              for name, d in (("Detector.predict", detector), ("ONNX Runtime", onnx), ("reference path", reference))
              if d is not None for against, rs in refs.items() if d is not reference or against == "torchvision"}
-    prepare_for_training(ours)  # what the trainer does: conv + FrozenBN folded on the fly, channels_last
+    # What the trainer does: conv + FrozenBN folded on the fly, channels_last, Winograd on a CPU.
+    prepare_for_training(ours, winograd=device.type == "cpu")
 
     # Same weights, same data, same loss definition: the losses must agree.
     ref, got = tv_train(), ours_train()

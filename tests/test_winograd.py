@@ -111,3 +111,59 @@ def test_traceable_form_matches_and_exports_to_onnx_with_any_size(tmp_path):
         tol = 2e-5 * ref.abs().max().item()
         assert (eager.double() - ref).abs().max().item() <= tol
         assert got.shape == tuple(ref.shape) and (torch.from_numpy(got).double() - ref).abs().max().item() <= tol
+
+
+@pytest.mark.parametrize("n, c, k, h, w, bias, block", [
+    (1, 6, 5, 8, 12, True, 128),
+    (2, 4, 7, 13, 9, True, 3),     # batch, ragged tiles, several blocks
+    (1, 5, 3, 6, 6, False, 1),
+])
+def test_training_gradients_equal_the_direct_convolutions(n, c, k, h, w, bias, block):
+    """In float64 Winograd is exact up to rounding, so values and all three gradients must agree to ~1e-12."""
+    from retinanet.winograd import winograd_train_conv
+    torch.manual_seed(0)
+    x = torch.randn(n, c, h, w, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(k, c, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(k, dtype=torch.float64, requires_grad=True) if bias else None
+    grad = torch.randn(n, k, h, w, dtype=torch.float64)
+    got = winograd_train_conv(x, weight, b, block_tiles=block)
+    got_grads = torch.autograd.grad(got, [x, weight] + ([b] if bias else []), grad)
+    ref = F.conv2d(x, weight, b, padding=1)
+    ref_grads = torch.autograd.grad(ref, [x, weight] + ([b] if bias else []), grad)
+    assert torch.allclose(got, ref, atol=1e-10, rtol=0)
+    for g, r in zip(got_grads, ref_grads):
+        assert torch.allclose(g, r, atol=1e-10, rtol=0)
+
+
+def test_prepared_model_trains_through_winograd_with_the_same_gradients():
+    """prepare_for_training(winograd=True): same state-dict keys, loss and gradients as the plain model
+    (to fp32 Winograd rounding), and fuse_for_inference turns it back into plain convs."""
+    from retinanet.fusion import prepare_for_training, _WinogradConv
+    torch.manual_seed(0)
+    make = lambda: nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                                 nn.ReLU(), nn.Conv2d(16, 4, 3, padding=1, stride=2))
+    plain = make()
+    fast = make()
+    fast.load_state_dict(plain.state_dict())
+    prepare_for_training(fast, winograd=True, min_channels=16)
+    assert [type(m) is _WinogradConv for m in fast] == [False, False, True, False, False]
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    x = torch.randn(2, 8, 20, 24)
+    for model in (plain, fast):
+        model(x.contiguous(memory_format=torch.channels_last)).square().sum().backward()
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
+        assert (p.grad - q.grad).abs().max().item() <= 1e-4 * p.grad.abs().max().item(), name
+    fused = fuse_for_inference(fast, winograd=False)
+    assert all(type(m) in (nn.Conv2d, nn.ReLU) for m in fused)
+
+
+def test_training_output_may_be_modified_in_place():
+    """torchvision's ResNet applies ReLU(inplace=True) to conv outputs: the Function's output must not be a view."""
+    from retinanet.winograd import winograd_train_conv
+    for h, w in [(8, 12), (7, 9)]:
+        x = torch.randn(1, 8, h, w, requires_grad=True)
+        weight = torch.randn(4, 8, 3, 3, requires_grad=True)
+        y = torch.relu_(winograd_train_conv(x, weight, None))
+        y.sum().backward()
+        ref = torch.relu(F.conv2d(x, weight, padding=1))
+        assert torch.allclose(y, ref, atol=1e-4) and x.grad is not None

@@ -71,7 +71,8 @@ class Trainer:
                              f"of processes ({self.world})")
         # channels_last pays on a CPU and with AMP on a GPU (fp32 NHWC convs are not faster there).
         self.channels_last = self.device.type == "cpu" or bool(cfg.train.amp)
-        model = prepare_for_training(build_model(cfg), self.channels_last).to(self.device)  # same keys, faster
+        model = prepare_for_training(build_model(cfg), self.channels_last,  # same keys, faster
+                                     winograd=self.device.type == "cpu").to(self.device)
         if cfg.model.backbone.norm == "syncbn" and self.world > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
