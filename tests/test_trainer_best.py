@@ -45,7 +45,7 @@ def test_evaluate_in_train_mode_would_fail_the_check(data_root, tmp_path, monkey
     import contextlib
     monkeypatch.setattr(detector_module, "eval_mode", lambda model: contextlib.nullcontext())
     # and the model itself runs, not the BatchNorm-folded copy (folding uses the running statistics)
-    monkeypatch.setattr(detector_module, "fuse_for_inference", lambda model, channels_last: model)
+    monkeypatch.setattr(detector_module, "fuse_for_inference", lambda model, **options: model)
     trainer = Trainer(load_config(None, tiny_overrides(data_root, tmp_path, **{
         "model.backbone.norm": "bn", "train.vis_images": 1, "evaluation.report": "false"})))
     trainer.model.train()
