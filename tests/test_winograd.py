@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from retinanet.fusion import fuse_for_inference
-from retinanet.winograd import WinogradConv2d, winograd_convs, winograd_eligible
+from retinanet.winograd import WinogradConv2d, winograd_convs, winograd_eligible, winograd_train_conv
 
 
 def _oracle(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -120,7 +120,6 @@ def test_traceable_form_matches_and_exports_to_onnx_with_any_size(tmp_path):
 ])
 def test_training_gradients_equal_the_direct_convolutions(n, c, k, h, w, bias, block):
     """In float64 Winograd is exact up to rounding, so values and all three gradients must agree to ~1e-12."""
-    from retinanet.winograd import winograd_train_conv
     torch.manual_seed(0)
     x = torch.randn(n, c, h, w, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(k, c, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -135,10 +134,13 @@ def test_training_gradients_equal_the_direct_convolutions(n, c, k, h, w, bias, b
         assert torch.allclose(g, r, atol=1e-10, rtol=0)
 
 
-def test_prepared_model_trains_through_winograd_with_the_same_gradients():
+def test_prepared_model_trains_through_winograd_with_the_same_gradients(monkeypatch):
     """prepare_for_training(winograd=True): same state-dict keys, loss and gradients as the plain model
     (to fp32 Winograd rounding), and fuse_for_inference turns it back into plain convs."""
+    import retinanet.fusion as fusion
     from retinanet.fusion import prepare_for_training, _WinogradConv
+    calls = []
+    monkeypatch.setattr(fusion, "winograd_train_conv", lambda *a: calls.append(1) or winograd_train_conv(*a))
     torch.manual_seed(0)
     make = lambda: nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
                                  nn.ReLU(), nn.Conv2d(16, 4, 3, padding=1, stride=2))
@@ -148,9 +150,10 @@ def test_prepared_model_trains_through_winograd_with_the_same_gradients():
     prepare_for_training(fast, winograd=True, min_channels=16)
     assert [type(m) is _WinogradConv for m in fast] == [False, False, True, False, False]
     assert list(fast.state_dict()) == list(plain.state_dict())
-    x = torch.randn(2, 8, 20, 24)
+    x = torch.randn(2, 8, 32, 40)  # 1280 pixels: over _WinogradConv.min_pixels
     for model in (plain, fast):
         model(x.contiguous(memory_format=torch.channels_last)).square().sum().backward()
+    assert calls == [1]
     for (name, p), q in zip(plain.named_parameters(), fast.parameters()):
         assert (p.grad - q.grad).abs().max().item() <= 1e-4 * p.grad.abs().max().item(), name
     fused = fuse_for_inference(fast, winograd=False)
@@ -159,7 +162,6 @@ def test_prepared_model_trains_through_winograd_with_the_same_gradients():
 
 def test_training_output_may_be_modified_in_place():
     """torchvision's ResNet applies ReLU(inplace=True) to conv outputs: the Function's output must not be a view."""
-    from retinanet.winograd import winograd_train_conv
     for h, w in [(8, 12), (7, 9)]:
         x = torch.randn(1, 8, h, w, requires_grad=True)
         weight = torch.randn(4, 8, 3, 3, requires_grad=True)
