@@ -1,5 +1,7 @@
-"""Inference-only rewrites of a RetinaNet that keep its outputs: BatchNorm folded into the preceding
-convolution, and the channels_last memory layout.
+"""Rewrites of a RetinaNet that keep its outputs (to float rounding) and its state-dict keys: BatchNorm
+folded into the preceding convolution, the channels_last memory layout and, on a CPU, Winograd
+convolutions (``winograd.py``); for inference (``fuse_for_inference``) and training
+(``prepare_for_training``, where the folding is recomputed every step because the convs still train).
 
 ``fuse_for_inference`` returns a *copy*: the caller's model, its parameters and its state-dict keys
 stay as they are (checkpoints, training and export see the original). The Detector keeps such a copy

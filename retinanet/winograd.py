@@ -1,4 +1,4 @@
-"""3x3 convolutions by Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray, CVPR 2016), for CPU inference.
+"""3x3 convolutions by Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray, CVPR 2016), for CPUs.
 
 A 3x3, stride-1 convolution computes each 4x4 block of outputs from a 6x6 input tile. Winograd's
 algorithm transforms every tile (V = B^T d B) and every filter (U = G g G^T, once), multiplies
@@ -11,11 +11,14 @@ Why: on a CPU the detection head's 256-channel 3x3 convs already run at the mach
 rate, so only fewer FLOPs make them faster (measured ~1.9x per conv on P3 of a 512x800 image, 2
 cores). Accuracy: transforms in float64 for the filters and exact small integers for the tiles;
 the outputs differ from the float64 convolution by ~1e-5 relative (the direct fp32 conv: ~2e-6),
-far below what moves a detection (``tests/test_winograd.py``). cuDNN picks Winograd kernels itself,
-so the Detector uses this on CPUs only.
+far below what moves a detection (``tests/test_winograd.py``). Used by the Detector's inference copy
+(``WinogradConv2d``), by training (``winograd_train_conv``, whose backward is in the Winograd domain
+too) and by ONNX export (``WinogradConv2d.traceable``). cuDNN picks Winograd kernels itself, so all
+of this is for CPUs only.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -40,13 +43,13 @@ def winograd_eligible(conv: nn.Module) -> bool:
 
 
 def transform_filters(weight: Tensor) -> Tensor:
-    """(K, C, 3, 3) filters -> U = G g G^T as (36, C, K) (computed in float64 for inference buffers;
-    differentiable, so training computes it from the live weights every step)."""
-    g = _G.to(weight.device, weight.dtype if weight.requires_grad else _D)
-    u = torch.einsum("ij,kcjl,ml->imck", g, weight if weight.requires_grad else weight.to(_D), g)
+    """(K, C, 3, 3) filters -> U = G g G^T as (36, C, K), computed in float64 (the thirds and sixths of
+    G round otherwise). Differentiable: training transforms the live weights every step."""
+    u = torch.einsum("ij,kcjl,ml->imck", _G.to(weight.device), weight.to(_D), _G.to(weight.device))
     return u.reshape(_A * _A, weight.shape[1], weight.shape[0]).to(weight.dtype)
 
 
+@functools.lru_cache(maxsize=None)
 def _kron(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """B^T (x) B^T (36, 36) and A^T (x) A^T (16, 36): both transforms of a whole tile as one small GEMM."""
     return torch.kron(_BT, _BT).to(device, dtype), torch.kron(_AT, _AT).to(device, dtype)
@@ -114,7 +117,7 @@ class _WinogradFunction(torch.autograd.Function):
         bt, at = _kron(grad_y.device, grad_y.dtype)
         gy = grad_y.new_zeros(n, _M * th, _M * tw, k)  # NHWC, zero beyond the image
         gy[:, :h, :w] = grad_y.permute(0, 2, 3, 1)
-        gxp = grad_y.new_zeros(n, _M * th + 2, _M * tw + 2, c)
+        gxp = grad_y.new_zeros(n, _M * th + 2, _M * tw + 2, c) if ctx.needs_input_grad[0] else None
         grad_u = torch.zeros_like(u) if ctx.needs_input_grad[1] else None
         for (r0, rows), v in zip(_blocks(n, th, tw, ctx.block_tiles), saved):
             t = n * rows * tw
@@ -123,13 +126,15 @@ class _WinogradFunction(torch.autograd.Function):
             gm = torch.mm(at.t(), gt.reshape(_M * _M, t * k)).view(_A * _A, t, k)
             if grad_u is not None:
                 grad_u.baddbmm_(v.transpose(1, 2), gm)
+            if gxp is None:
+                continue
             gv = torch.bmm(gm, u.transpose(1, 2))  # (36, T, C)
             gtiles = torch.mm(bt.t(), gv.view(_A * _A, t * c)).view(_A, _A, n, rows, tw, c)
             # Tiles overlap by two rows and columns: accumulate each tile position's strided slice.
             for r in range(_A):
                 for q in range(_A):
                     gxp[:, _M * r0 + r:_M * (r0 + rows) + r:_M, q:q + _M * tw:_M] += gtiles[r, q]
-        grad_x = gxp[:, 1:h + 1, 1:w + 1].permute(0, 3, 1, 2)
+        grad_x = gxp[:, 1:h + 1, 1:w + 1].permute(0, 3, 1, 2) if gxp is not None else None
         grad_b = grad_y.sum((0, 2, 3)) if ctx.has_bias else None
         return grad_x, grad_u, grad_b, None
 
