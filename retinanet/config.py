@@ -130,6 +130,8 @@ class DataConfig:
 class DataloaderConfig:
     num_workers: int = 4
     aspect_ratio_grouping: bool = True
+    # Seconds without a batch from the workers before the run stops with an error (never a silent hang).
+    timeout: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,8 @@ def validate(cfg: Config) -> Config:
         problems.append(f"solver.ims_per_batch must be >= 1, got {s.ims_per_batch}")
     if cfg.dataloader.num_workers < 0:
         problems.append(f"dataloader.num_workers must be >= 0, got {cfg.dataloader.num_workers}")
+    if cfg.dataloader.timeout <= 0:
+        problems.append(f"dataloader.timeout must be > 0 seconds, got {cfg.dataloader.timeout}")
     if loss.gamma_schedule == "step" and len(loss.gamma_values) != len(loss.gamma_steps):
         problems.append(f"model.loss.gamma_values needs one value per entry of gamma_steps "
                         f"({len(loss.gamma_values)} vs {len(loss.gamma_steps)}); gamma holds the value before the first")

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .anchors import AnchorGenerator
 from .build import build_anchor_generator, resolve_config
+from .checkpoint import CheckpointError
 from .config import Config
 from .config_loader import to_dict
 from .detector import Detector, resolve_device
@@ -161,7 +162,11 @@ def load_exported(path: Union[str, Path], device: Union[str, torch.device] = "cp
     if path.suffix == ".onnx":
         if providers is None:
             providers = (["CUDAExecutionProvider"] if device.type == "cuda" else []) + ["CPUExecutionProvider"]
-        session = ort_session(path, providers, threads)
+        try:
+            session = ort_session(path, providers, threads)
+        except Exception as e:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...) share no base
+            raise CheckpointError(f"{path}: not a readable ONNX model ({_first_line(e)}); re-export it with "
+                                  f"`retinanet export`") from None
         meta = session.get_modelmeta().custom_metadata_map
 
         def run(images: Tensor) -> list[Tensor]:
@@ -170,14 +175,23 @@ def load_exported(path: Union[str, Path], device: Union[str, torch.device] = "cp
         device = "cpu" if list(providers) == ["CPUExecutionProvider"] else device
     else:
         extra = {"retinanet_config": "", "retinanet_categories": ""}
-        with _quiet_jit():
-            run = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        try:
+            with _quiet_jit():
+                run = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        except Exception as e:
+            raise CheckpointError(f"{path}: not a readable TorchScript model ({_first_line(e)}); re-export it "
+                                  f"with `retinanet export`") from None
         meta = {k: v.decode() if isinstance(v, bytes) else v for k, v in extra.items()}
     if not meta.get("retinanet_config"):
         raise ValueError(f"{path}: not exported by `retinanet export` (no retinanet_config metadata)")
     stored = {"config": json.loads(meta["retinanet_config"]), "categories": json.loads(meta["retinanet_categories"])}
     cfg = resolve_config(None, overrides, stored)
     return Detector(LevelOutputsModel(run, build_anchor_generator(cfg)), cfg, device)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(e).__name__
 
 
 def compare_detections(expected: dict, got: dict, box_tol: float = 1e-2, score_tol: float = 1e-4) -> tuple[bool, float, float]:

@@ -34,9 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def collect_inputs(patterns: list[str]) -> tuple[list[Path], list[str]]:
-    """Sorted unique image paths from files, folders (their images, not recursive) and globs;
-    and the patterns that matched nothing."""
-    found, unmatched = set(), []
+    """Sorted image paths from files, folders (their images, not recursive) and globs, each real file
+    once (two links to one photo give one input); and the patterns that matched nothing. ``**`` does not
+    descend into linked folders, so a link loop (``sub/up -> ..``) cannot make a glob endless."""
+    found: dict[Path, Path] = {}  # real file -> the first path that named it
+    unmatched = []
     for pattern in patterns:
         p = Path(pattern)
         if p.is_dir():
@@ -44,11 +46,23 @@ def collect_inputs(patterns: list[str]) -> tuple[list[Path], list[str]]:
         elif p.exists():
             hits = [p]
         else:
-            hits = [Path(h) for h in glob.glob(pattern, recursive=True) if Path(h).is_file()]
+            hits = [h for h in _glob(pattern) if h.is_file()]
         if not hits:
             unmatched.append(pattern)
-        found.update(hits)
-    return sorted(found), unmatched
+        for h in sorted(hits):
+            found.setdefault(h.resolve(), h)
+    return sorted(found.values()), unmatched
+
+
+def _glob(pattern: str) -> list[Path]:
+    """``pattern``'s matches. pathlib's ``**`` skips linked folders (glob.glob's follows them, forever
+    on a loop): the pattern is split into its literal folder and the wildcard rest."""
+    parts = Path(pattern).parts
+    first = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    if first == len(parts):
+        return []
+    base = Path(*parts[:first]) if first else Path(".")
+    return list(base.glob(str(Path(*parts[first:]))))
 
 
 def _output_name(path: Path, used: set[str]) -> str:

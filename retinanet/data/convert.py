@@ -177,6 +177,21 @@ def write_json(data: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _refuse_input_as_output(target: Path, images: str, labels: str) -> None:
+    """A ConvertError when writing ``target`` would replace an input: an image or label file by its name,
+    or any existing non-JSON file under the image or label folder."""
+    if target.suffix.lower() in IMAGE_EXTENSIONS + (".xml", ".txt"):
+        raise ConvertError(f"--output {target} names an image or label file; the COCO JSON needs a .json name")
+    if not target.is_file() or target.suffix.lower() == ".json":
+        return
+    real = os.path.realpath(target)
+    for folder, what in ((images, "--images"), (labels, "--labels")):
+        root = os.path.realpath(folder)
+        if os.path.commonpath([real, root]) == root:
+            raise ConvertError(f"--output {target} is an existing file inside {what} {folder}; writing the JSON "
+                               f"would replace it. Choose another --output")
+
+
 def summary(coco: dict) -> str:
     """One line: images, empty images, boxes, crowd boxes, classes."""
     with_boxes = {a["image_id"] for a in coco["annotations"]}
@@ -197,6 +212,9 @@ def convert(fmt: str, labels: str, images: str, output: str, classes: Optional[s
     if split_val is not None and out.suffix.lower() == ".json":
         raise ConvertError(f"with --split-val, --output is a folder (it receives train.json and val.json), "
                            f"got {out}")
+    targets = [out] if split_val is None else [out / "train.json", out / "val.json"]
+    for target in targets:
+        _refuse_input_as_output(target, images, labels)
     class_list = read_class_file(classes) if classes else None
     if fmt == "voc":
         from .voc import read_voc

@@ -2,6 +2,7 @@
 a sequential sharded test loader, and ``build_dataset`` from the config."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from pathlib import Path
@@ -104,9 +105,49 @@ class TrainBatchSampler(Sampler):
                 bucket.clear()
 
 
-def _worker_init(_: int) -> None:
+@contextlib.contextmanager
+def opencv_serial() -> Iterator[None]:
+    """OpenCV at one thread for the block (workers fork here), then back to the caller's count.
+
+    OpenCV's pthreads pool does not survive ``fork``: a worker that reconfigures a pool its parent had
+    started (``cv2.setNumThreads`` in ``worker_init_fn``) deadlocks in ``pthread_cond_destroy``. So the
+    parent, whose pool threads are alive, stops its pool before forking: the workers inherit a serial
+    OpenCV, which is what they should run (the workers are the parallelism) and never touch it."""
     import cv2
-    cv2.setNumThreads(1)  # workers already run in parallel; OpenCV's own threads would oversubscribe
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(previous)
+
+
+class DataLoaderTimeout(TimeoutError):
+    """The data loader delivered no batch within ``dataloader.timeout`` seconds."""
+
+
+class WorkerLoader(DataLoader):
+    """A DataLoader whose workers start safely (``opencv_serial``) and whose wait for a batch is bounded:
+    after ``timeout`` seconds without one, ``DataLoaderTimeout`` names the setting instead of a silent wait."""
+
+    def __iter__(self):
+        with opencv_serial():
+            batches = super().__iter__()  # persistent workers fork here, once
+        return self._watched(batches) if self.num_workers else batches
+
+    def _watched(self, batches) -> Iterator[dict]:
+        while True:
+            try:
+                yield next(batches)
+            except StopIteration:
+                return
+            except RuntimeError as e:
+                if "timed out" not in str(e):
+                    raise
+                raise DataLoaderTimeout(
+                    f"the data loader delivered no batch for {self.timeout:g} s (dataloader.timeout="
+                    f"{self.timeout:g}, dataloader.num_workers={self.num_workers}): a worker is stuck or reading "
+                    f"images is that slow; raise dataloader.timeout, or set dataloader.num_workers=0") from None
 
 
 def build_train_loader(cfg: Config, dataset: CocoDetection, rank: int = 0, world_size: int = 1,
@@ -115,9 +156,10 @@ def build_train_loader(cfg: Config, dataset: CocoDetection, rank: int = 0, world
     sampler = TrainBatchSampler(dataset, cfg.solver.ims_per_batch, cfg.train.seed, rank, world_size,
                                 cfg.dataloader.aspect_ratio_grouping, start_iter)
     workers = cfg.dataloader.num_workers
-    return DataLoader(NamedSkips(dataset), batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-                      collate_fn=functools.partial(collate, size_divisible=cfg.input.size_divisible),
-                      worker_init_fn=_worker_init, pin_memory=torch.cuda.is_available())
+    return WorkerLoader(NamedSkips(dataset), batch_sampler=sampler, num_workers=workers,
+                        persistent_workers=workers > 0, timeout=cfg.dataloader.timeout if workers else 0,
+                        collate_fn=functools.partial(collate, size_divisible=cfg.input.size_divisible),
+                        pin_memory=torch.cuda.is_available())
 
 
 def build_test_loader(cfg: Config, dataset: CocoDetection, batch_size: int = 1, rank: int = 0,
@@ -125,9 +167,8 @@ def build_test_loader(cfg: Config, dataset: CocoDetection, batch_size: int = 1, 
     """Sequential loader over this rank's contiguous shard of ``dataset`` (all of it when world_size is 1)."""
     shard = math.ceil(len(dataset) / world_size)
     indices = list(range(rank * shard, min(len(dataset), (rank + 1) * shard)))
-    return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=cfg.dataloader.num_workers,
-                      collate_fn=functools.partial(collate, size_divisible=cfg.input.size_divisible),
-                      worker_init_fn=_worker_init)
+    return WorkerLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=cfg.dataloader.num_workers,
+                        collate_fn=functools.partial(collate, size_divisible=cfg.input.size_divisible))
 
 
 def build_dataset(cfg: Config, split: str, train: bool) -> CocoDetection:

@@ -3,11 +3,13 @@ periodic checkpoints this run may delete, and the checks a run makes before its 
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 import re
 import time
 from pathlib import Path
-from typing import Optional
+from typing import IO, Optional
 
 import numpy as np
 import torch
@@ -17,6 +19,37 @@ from ..checkpoint import remove_stale_temp_files
 log = logging.getLogger("retinanet")
 
 PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
+
+
+class RunLockedError(ValueError):
+    """Another live process is training into the same output folder."""
+
+
+def lock_output_dir(output: Path) -> Optional[IO]:
+    """Takes ``output/train.lock`` for this process, or raises RunLockedError naming the process that holds it.
+
+    An flock, not a marker file: the kernel drops it when its holder exits, crashed or killed, so it never
+    goes stale. Keep the returned file open for the run; closing it releases the lock. None where the OS has
+    no flock (Windows): there two runs are not kept apart."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    output.mkdir(parents=True, exist_ok=True)
+    f = open(output / "train.lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise RunLockedError(f"output folder {output} is in use by another training run ({holder}); wait for it "
+                             f"to end, or choose another --output-dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    return f
 
 
 def run_files(output: Path) -> list[Path]:

@@ -27,8 +27,8 @@ from .amp import autocast_dtype
 from .best import BestTracker
 from .distributed import all_reduce_max, barrier, init_distributed, is_main
 from .logs import draw_val_predictions, setup_logging
-from .run_dir import (check_output_dir, check_readable, clean_stale_temp_files, load_val, periodic_checkpoints,
-                      prune, rng_state, set_aside_metrics, set_rng_state)
+from .run_dir import (check_output_dir, check_readable, clean_stale_temp_files, load_val, lock_output_dir,
+                      periodic_checkpoints, prune, rng_state, set_aside_metrics, set_rng_state)
 from .solver import build_lr_scheduler, build_optimizer
 
 log = logging.getLogger("retinanet")
@@ -42,9 +42,12 @@ class Trainer:
     def __init__(self, cfg: Config, output_dir: Optional[str] = None, resume: bool = False,
                  overwrite: bool = False):
         self.output = Path(output_dir or cfg.train.output_dir)
-        check_output_dir(self.output, resume, overwrite)  # before anything is written into it
         self.device = resolve_device(cfg.train.device)
         self.rank, self.world, local = init_distributed(self.device.type)
+        # One run per folder, held until this process ends or train() returns; taken before the
+        # folder is judged, so a second run names the first instead of racing it.
+        self._lock = lock_output_dir(self.output) if is_main() else None
+        check_output_dir(self.output, resume, overwrite)  # before anything is written into it
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", local)
         if is_main():
@@ -186,6 +189,15 @@ class Trainer:
 
     # -- training ---------------------------------------------------------------------------
     def train(self) -> dict:
+        """Runs to solver.max_iter (or an early stop); returns the final val metrics. Releases the folder."""
+        try:
+            return self._train()
+        finally:
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
+
+    def _train(self) -> dict:
         cfg = self.cfg
         max_iter = cfg.solver.max_iter
         total, trainable = count_parameters(self.model)

@@ -114,9 +114,8 @@ def compute_metrics(gt: COCO, results: list[dict], backend: str = "faster_coco_e
     unknown = sorted({r["image_id"] for r in results} - known)
     if unknown:
         raise ValueError(f"results hold image ids that are not in the annotations: {unknown[:10]}")
-    if not results:  # COCOeval cannot load an empty result set; nothing detected is AP 0.
-        per_cat = {names[c]: (0.0 if gt.getAnnIds(catIds=[c]) else float("nan")) for c in cat_ids}
-        empty = {**{k: 0.0 for k in METRIC_NAMES}, "per_category": per_cat}
+    if not results:  # COCOeval cannot load an empty result set
+        empty = _warn_if_undefined(_metrics_of_nothing(gt, names, image_ids))
         return (empty, None) if return_eval else empty
     with contextlib.redirect_stdout(io.StringIO()):
         gt_b = convert_gt(gt)
@@ -139,7 +138,37 @@ def compute_metrics(gt: COCO, results: list[dict], backend: str = "faster_coco_e
         p = p[p > -1]
         per_cat[names[cat_id]] = float(np.mean(p)) * 100 if p.size else float("nan")
     metrics["per_category"] = per_cat
+    _warn_if_undefined(metrics)
     return (metrics, ev) if return_eval else metrics
+
+
+def _warn_if_undefined(metrics: dict[str, Any]) -> dict[str, Any]:
+    if math.isnan(metrics["AP"]):
+        logger.warning("AP is undefined (null): the evaluated images hold no ground-truth box (crowd regions "
+                       "do not count)")
+    return metrics
+
+
+# COCOeval's area ranges (px^2) of AP/AR, APs, APm, APl.
+AREA_RANGES = {"all": (0, 1e10), "small": (0, 32 ** 2), "medium": (32 ** 2, 96 ** 2), "large": (96 ** 2, 1e10)}
+
+
+def _metrics_of_nothing(gt: COCO, names: dict, image_ids: Union[list[int], None]) -> dict[str, Any]:
+    """The metrics of an empty result set, as COCOeval defines them: 0 where some ground truth could have
+    been found, NaN (undefined, written as null) where there is none, as when something was detected."""
+    ids = None if image_ids is None else set(int(i) for i in image_ids)
+    anns = [a for a in gt.dataset.get("annotations", []) if not a.get("iscrowd", 0)
+            and (ids is None or a["image_id"] in ids)]  # crowd regions are never to be found
+
+    def score(cats=None, area="all") -> float:
+        lo, hi = AREA_RANGES[area]
+        found = any(lo <= a["area"] <= hi and (cats is None or a["category_id"] in cats) for a in anns)
+        return 0.0 if found else float("nan")
+
+    areas = {"APs": "small", "APm": "medium", "APl": "large"}
+    metrics: dict[str, Any] = {k: score(area=areas.get(k, "all")) for k in METRIC_NAMES}
+    metrics["per_category"] = {name: score({cat}) for cat, name in names.items()}
+    return metrics
 
 
 class COCOEvaluator:
