@@ -13,8 +13,10 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from retinanet.checkpoint import CheckpointError, NonFiniteWeightsError, load_checkpoint, save_checkpoint
 from retinanet.cli import main
@@ -312,3 +314,71 @@ def test_infer_refuses_output_folder_holding_inputs(tmp_path, capsys):
                          "--output", images)
     assert_clean_error(rc, err, "holds input images")
     assert checksums(images) == before
+
+
+# -- the real-path cases: outputs over inputs, undefined AP, corrupt exported files, link loops --------
+
+def _yolo_inputs(root: Path) -> tuple[Path, Path, Path]:
+    images, labels = root / "images", root / "labels"
+    images.mkdir(parents=True)
+    labels.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.full((40, 60, 3), 128, np.uint8)).save(images / f"{name}.jpg")
+        (labels / f"{name}.txt").write_text("0 0.5 0.5 0.25 0.25\n")
+    (images / "notes").write_text("a file without a suffix")
+    (root / "classes.txt").write_text("cat\n")
+    return images, labels, root / "classes.txt"
+
+
+@pytest.mark.parametrize("target", ["images/a.jpg", "images/notes", "labels/a.txt"])
+def test_convert_refuses_to_write_over_an_input(tmp_path, capsys, target):
+    images, labels, classes = _yolo_inputs(tmp_path)
+    before = checksums(tmp_path)
+    rc, _, err = run_cli(capsys, "convert", "--format", "yolo", "--labels", labels, "--images", images,
+                         "--classes", classes, "--output", tmp_path / target)
+    assert_clean_error(rc, err, target.split("/")[1])
+    assert checksums(tmp_path) == before
+
+
+@pytest.mark.parametrize("score_thresh", ["0.0", "1.0"])  # something detected, nothing detected
+def test_eval_without_ground_truth_is_null_either_way(tmp_path, capsys, caplog, score_thresh):
+    images, ann = make_coco(tmp_path / "data", n_images=2)
+    config, ckpt = make_checkpoint(tmp_path, images, ann)
+    gt = json.loads(ann.read_text())
+    gt["annotations"] = []
+    (tmp_path / "empty.json").write_text(json.dumps(gt))
+    rc, _, err = run_cli(capsys, "eval", "--config", config, "--weights", ckpt, "--output", tmp_path / "e",
+                         f"data.val.annotations={tmp_path / 'empty.json'}", f"model.test.score_thresh={score_thresh}")
+    assert rc == 0, err
+    detections = json.loads((tmp_path / "e" / "detections.json").read_text())
+    assert (len(detections) > 0) == (score_thresh == "0.0")
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert all(metrics[k] is None for k in ("AP", "AP50", "APs", "AR100")), metrics
+    assert set(metrics["per_category"].values()) == {None}
+    assert "AP is undefined" in caplog.text
+
+
+@pytest.mark.parametrize("command", ["eval", "infer"])
+def test_corrupt_onnx_file_is_one_line(tmp_path, capsys, command):
+    images, ann = make_coco(tmp_path / "data", n_images=1)
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07garbage, not a protobuf" * 10)
+    extra = (["--input", images, "--output", tmp_path / "o"] if command == "infer"
+             else ["--output", tmp_path / "o", f"data.val.images={images}", f"data.val.annotations={ann}"])
+    rc, _, err = run_cli(capsys, command, "--weights", tmp_path / "model.onnx", *extra)
+    assert_clean_error(rc, err, "model.onnx", "not a readable ONNX model")
+
+
+def test_infer_glob_processes_each_real_file_once_through_link_loops(tmp_path, capsys):
+    images, ann = make_coco(tmp_path / "data", n_images=3)
+    config, ckpt = make_checkpoint(tmp_path, images, ann)
+    (images / "sub").mkdir()
+    (images / "img_3.png").rename(images / "sub" / "img_3.png")
+    (images / "sub" / "up").symlink_to("..", target_is_directory=True)  # a loop
+    (images / "sub" / "again.png").symlink_to(images / "img_1.png")  # a second name of one file
+    rc, _, err = run_cli(capsys, "infer", "--config", config, "--weights", ckpt, "--input", f"{images}/**/*.png",
+                         "--output", tmp_path / "o")
+    assert rc == 0, err
+    names = sorted(Path(p["file_name"]).name for p in json.loads((tmp_path / "o" / "predictions.json").read_text()))
+    assert "3 input(s)" in err
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.png")) == ["img_1.png", "img_2.png", "img_3.png"]
+    assert set(names) <= {"img_1.png", "img_2.png", "img_3.png"}

@@ -203,3 +203,40 @@ def test_skipped_images_count_distinct_files(tmp_path, data_root, caplog):
     # 4 batches of 2 over 3 images draw the bad one at least twice: it is one file.
     assert trainer._bad_images == {train_json["images"][1]["id"]}
     assert "done: 1 bad images skipped" in caplog.text
+
+
+# -- one run per folder ------------------------------------------------------------------------------
+
+def test_second_run_into_a_busy_folder_is_refused_naming_the_first(tmp_path, capsys, data_root):
+    import os
+
+    from retinanet.engine.run_dir import lock_output_dir
+    out = tmp_path / "run"
+    held = lock_output_dir(out)  # as a running `retinanet train` holds it
+    try:
+        for flags in ((), ("--resume",), ("--overwrite",)):
+            rc, err = train_cli(capsys, data_root, out, *flags)
+            assert_clean_error(rc, err, str(out), "in use by another training run", f"pid {os.getpid()}")
+        assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
+    finally:
+        held.close()
+    rc, err = train_cli(capsys, data_root, out, **{"solver.max_iter": 2, "train.eval_period": 0})
+    assert rc == 0, err
+
+
+def test_a_killed_runs_lock_is_not_stale(tmp_path):
+    import subprocess
+    import sys
+
+    from retinanet.engine.run_dir import lock_output_dir
+    code = ("import sys, time; from pathlib import Path; from retinanet.engine.run_dir import lock_output_dir; "
+            "f = lock_output_dir(Path(sys.argv[1])); print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match=f"pid {holder.pid}"):
+            lock_output_dir(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    lock_output_dir(tmp_path).close()  # the kernel dropped the killed holder's lock
