@@ -5,6 +5,7 @@ import contextlib
 import copy
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -137,13 +138,19 @@ def test_perturbed_results_same_with_both_backends_and_direct_pycocotools(tmp_pa
 
 
 @pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
-def test_zero_detections_give_zero(backend, tmp_path):
+def test_zero_detections_score_as_cocoeval_scores_a_miss(backend, tmp_path):
+    """Nothing detected: 0 where ground truth exists, NaN (null) where none does (here: size ranges that
+    images 1-2 lack), exactly as COCOeval scores one detection that matches nothing."""
     gt = random_gt(4)
     evaluator = COCOEvaluator(gt, backend)
     empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
     evaluator.process([1, 2], [empty, empty])
     metrics = evaluator.evaluate()
-    assert all(metrics[k] == 0.0 for k in METRIC_NAMES) and set(metrics["per_category"].values()) == {0.0}
+    miss = [{"image_id": 1, "category_id": 3, "bbox": [0.0, 0.0, 0.5, 0.5], "score": 0.01}]
+    oracle = compute_metrics(load_coco(copy.deepcopy(gt)), miss, backend, image_ids=[1, 2])
+    assert {0.0} <= {metrics[k] for k in METRIC_NAMES} | set(metrics["per_category"].values())
+    for k in METRIC_NAMES:
+        assert metrics[k] == oracle[k] or (math.isnan(metrics[k]) and math.isnan(oracle[k])), k
     (tmp_path / "res.json").write_text("[]")
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     assert evaluate_results_file(tmp_path / "res.json", tmp_path / "gt.json", backend)["AP"] == 0.0
