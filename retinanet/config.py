@@ -86,6 +86,9 @@ class TestConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     num_classes: Optional[int] = None  # taken from the dataset when unset
+    # Fine-tuning: start training from another detector (our checkpoint, a torchvision RetinaNet state
+    # dict file, or a torchvision weights name); every tensor whose name and shape fit is loaded.
+    weights: str = ""
     category_ids: tuple[int, ...] = ()  # dataset category id of each contiguous label
     class_names: tuple[str, ...] = ()
     backbone: BackboneConfig = field(default_factory=BackboneConfig)

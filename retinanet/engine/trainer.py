@@ -18,6 +18,7 @@ from ..config import Config
 from ..config_loader import dump_config
 from ..data.loader import build_dataset, build_train_loader
 from ..detector import Detector, resolve_device
+from ..finetune import load_matching, read_detector_weights
 from ..jsonio import dumps_finite, write_json
 from ..evaluation.report import report_from_evaluator
 from ..model import count_parameters
@@ -74,7 +75,10 @@ class Trainer:
                              f"of processes ({self.world})")
         # channels_last pays on a CPU and with AMP on a GPU (fp32 NHWC convs are not faster there).
         self.channels_last = self.device.type == "cpu" or bool(cfg.train.amp)
-        model = prepare_for_training(build_model(cfg), self.channels_last,  # same keys, faster
+        model = build_model(cfg)
+        if cfg.model.weights and not (resume and (self.output / "checkpoints" / "last.pth").is_file()):
+            load_matching(model, read_detector_weights(cfg.model.weights), cfg.model.weights)  # fine-tuning
+        model = prepare_for_training(model, self.channels_last,  # same keys, faster
                                      winograd=self.device.type == "cpu").to(self.device)
         if cfg.model.backbone.norm == "syncbn" and self.world > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
