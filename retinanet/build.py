@@ -57,8 +57,9 @@ def build_criterion(cfg: Config) -> RetinaNetLoss:
 
 def build_postprocessor(cfg: Config) -> PostProcessor:
     t = cfg.model.test
+    # An evaluation at a higher maxDets must get that many detections per image to score.
     return PostProcessor(BoxCoder(cfg.model.box_weights), t.score_thresh, t.topk_candidates, t.nms_thresh,
-                         t.detections_per_img)
+                         max(t.detections_per_img, cfg.evaluation.max_dets))
 
 
 def build_preprocessor(cfg: Config) -> Preprocessor:

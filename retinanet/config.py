@@ -177,6 +177,9 @@ class EvaluationConfig:
     report: bool = True  # write report.html, PR curves, confusion matrix and per-class table beside metrics.json
     report_score_thresh: float = 0.3  # detections counted by the confusion matrix and the gallery
     report_images: int = 24  # val images in the report's gallery (worst first)
+    # COCO's largest maxDets (100). Dense scenes need more: AP/AR also come at this limit (AP@N, AR@N),
+    # and the per-image detection limit rises to it.
+    max_dets: int = 100
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,8 @@ def validate(cfg: Config) -> Config:
         problems.append(f"solver.ims_per_batch must be >= 1, got {s.ims_per_batch}")
     if cfg.dataloader.num_workers < 0:
         problems.append(f"dataloader.num_workers must be >= 0, got {cfg.dataloader.num_workers}")
+    if cfg.evaluation.max_dets < 100:
+        problems.append(f"evaluation.max_dets must be >= 100 (COCO's own limit), got {cfg.evaluation.max_dets}")
     if cfg.dataloader.timeout <= 0:
         problems.append(f"dataloader.timeout must be > 0 seconds, got {cfg.dataloader.timeout}")
     if loss.gamma_schedule == "step" and len(loss.gamma_values) != len(loss.gamma_steps):

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         annotations = args.annotations or cfg.data.val.annotations
         if not annotations:
             raise ValueError("--results needs --annotations (or data.val.annotations in --config)")
-        metrics = evaluate_results_file(args.results, annotations, cfg.evaluation.backend)
+        metrics = evaluate_results_file(args.results, annotations, cfg.evaluation.backend, cfg.evaluation.max_dets)
         print(format_metrics_table(metrics))
         if args.output:
             Path(args.output).mkdir(parents=True, exist_ok=True)

@@ -20,13 +20,12 @@ from pycocotools.coco import COCO
 
 from ..data.validate import validate_coco, validate_results
 from ..jsonio import write_json
+from .ground_truth import METRIC_NAMES, metrics_of_nothing, warn_dense, warn_if_undefined
 
 logger = logging.getLogger(__name__)
 from ..data.records import load_json
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
-# Order of COCOeval.stats for bbox.
-METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -94,14 +93,12 @@ def _eval_class(backend: str):
     raise ValueError(f"evaluation.backend: unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
-def _percent(x: float) -> float:
-    return float(x) * 100 if x >= 0 else float("nan")
-
-
 def compute_metrics(gt: COCO, results: list[dict], backend: str = "faster_coco_eval",
-                    image_ids: Union[list[int], None] = None, return_eval: bool = False) -> Any:
+                    image_ids: Union[list[int], None] = None, return_eval: bool = False,
+                    max_dets: int = 100) -> Any:
     """COCO bbox metrics of ``results`` (COCO results entries) against ``gt``, restricted to
-    ``image_ids`` when given (the images that were actually run).
+    ``image_ids`` when given (the images that were actually run). The standard names (AP ... AR100) keep
+    COCO's limits; with ``max_dets`` > 100 ``AP@<max_dets>`` and ``AR@<max_dets>`` are added.
 
     With ``return_eval`` returns ``(metrics, coco_eval)``: the accumulated COCOeval of either backend
     (``coco_eval.eval["precision"]`` is (T iou thresholds, R recall points, K categories, A area
@@ -114,8 +111,9 @@ def compute_metrics(gt: COCO, results: list[dict], backend: str = "faster_coco_e
     unknown = sorted({r["image_id"] for r in results} - known)
     if unknown:
         raise ValueError(f"results hold image ids that are not in the annotations: {unknown[:10]}")
+    warn_dense(gt, max_dets, image_ids)
     if not results:  # COCOeval cannot load an empty result set
-        empty = _warn_if_undefined(_metrics_of_nothing(gt, names, image_ids))
+        empty = warn_if_undefined(metrics_of_nothing(gt, names, image_ids, max_dets))
         return (empty, None) if return_eval else empty
     with contextlib.redirect_stdout(io.StringIO()):
         gt_b = convert_gt(gt)
@@ -126,49 +124,33 @@ def compute_metrics(gt: COCO, results: list[dict], backend: str = "faster_coco_e
         ev = eval_cls(gt_b, dt, "bbox", **kwargs)
         if image_ids is not None:
             ev.params.imgIds = sorted(set(int(i) for i in image_ids))
+        if max_dets > 100:  # after COCO's three: summarize() reads AP at 100 by value, AR100 at index 2
+            ev.params.maxDets = [1, 10, 100, max_dets]
         ev.evaluate()
         ev.accumulate()
-        ev.summarize()
-    metrics: dict[str, Any] = {k: _percent(v) for k, v in zip(METRIC_NAMES, ev.stats[: len(METRIC_NAMES)])}
-    # precision: (iou thresholds, recall points, categories, area ranges, max dets); area "all", 100 dets.
-    precision = np.asarray(ev.eval["precision"])
-    per_cat = {}
-    for k, cat_id in enumerate(ev.params.catIds):
-        p = precision[:, :, k, 0, -1]
-        p = p[p > -1]
-        per_cat[names[cat_id]] = float(np.mean(p)) * 100 if p.size else float("nan")
-    metrics["per_category"] = per_cat
-    _warn_if_undefined(metrics)
+    # precision: (iou thresholds T, recall points, categories, area ranges, max dets); recall: (T, K, A, M).
+    # Read here, as COCOeval.summarize() does, because the backends' summarize() differ on a 4th maxDets.
+    precision, recall = np.asarray(ev.eval["precision"]), np.asarray(ev.eval["recall"])
+    t50, t75 = (int(np.argmin(np.abs(np.asarray(ev.params.iouThrs) - t))) for t in (0.5, 0.75))
+    metrics: dict[str, Any] = {
+        "AP": _mean_defined(precision[..., 0, 2]), "AP50": _mean_defined(precision[t50, ..., 0, 2]),
+        "AP75": _mean_defined(precision[t75, ..., 0, 2]), "APs": _mean_defined(precision[..., 1, 2]),
+        "APm": _mean_defined(precision[..., 2, 2]), "APl": _mean_defined(precision[..., 3, 2]),
+        "AR1": _mean_defined(recall[..., 0, 0]), "AR10": _mean_defined(recall[..., 0, 1]),
+        "AR100": _mean_defined(recall[..., 0, 2])}
+    if max_dets > 100:
+        metrics[f"AP@{max_dets}"] = _mean_defined(precision[..., 0, 3])
+        metrics[f"AR@{max_dets}"] = _mean_defined(recall[..., 0, 3])
+    metrics["per_category"] = {names[cat_id]: _mean_defined(precision[:, :, k, 0, 2])
+                               for k, cat_id in enumerate(ev.params.catIds)}
+    warn_if_undefined(metrics)
     return (metrics, ev) if return_eval else metrics
 
 
-def _warn_if_undefined(metrics: dict[str, Any]) -> dict[str, Any]:
-    if math.isnan(metrics["AP"]):
-        logger.warning("AP is undefined (null): the evaluated images hold no ground-truth box (crowd regions "
-                       "do not count)")
-    return metrics
-
-
-# COCOeval's area ranges (px^2) of AP/AR, APs, APm, APl.
-AREA_RANGES = {"all": (0, 1e10), "small": (0, 32 ** 2), "medium": (32 ** 2, 96 ** 2), "large": (96 ** 2, 1e10)}
-
-
-def _metrics_of_nothing(gt: COCO, names: dict, image_ids: Union[list[int], None]) -> dict[str, Any]:
-    """The metrics of an empty result set, as COCOeval defines them: 0 where some ground truth could have
-    been found, NaN (undefined, written as null) where there is none, as when something was detected."""
-    ids = None if image_ids is None else set(int(i) for i in image_ids)
-    anns = [a for a in gt.dataset.get("annotations", []) if not a.get("iscrowd", 0)
-            and (ids is None or a["image_id"] in ids)]  # crowd regions are never to be found
-
-    def score(cats=None, area="all") -> float:
-        lo, hi = AREA_RANGES[area]
-        found = any(lo <= a["area"] <= hi and (cats is None or a["category_id"] in cats) for a in anns)
-        return 0.0 if found else float("nan")
-
-    areas = {"APs": "small", "APm": "medium", "APl": "large"}
-    metrics: dict[str, Any] = {k: score(area=areas.get(k, "all")) for k in METRIC_NAMES}
-    metrics["per_category"] = {name: score({cat}) for cat, name in names.items()}
-    return metrics
+def _mean_defined(values: np.ndarray) -> float:
+    """Percent mean of the entries COCOeval defines (> -1); NaN when none is."""
+    v = values[values > -1]
+    return float(np.mean(v)) * 100 if v.size else float("nan")
 
 
 class COCOEvaluator:
@@ -178,9 +160,10 @@ class COCOEvaluator:
     original pixels, ``scores`` (D,), ``labels`` (D,) dataset category ids.
     """
 
-    def __init__(self, annotations: Union[str, Path, dict, COCO], backend: str = "faster_coco_eval"):
+    def __init__(self, annotations: Union[str, Path, dict, COCO], backend: str = "faster_coco_eval",
+                 max_dets: int = 100):
         _eval_class(backend)  # fail now, not after an hour of inference
-        self.coco, self.backend = load_coco(annotations), backend
+        self.coco, self.backend, self.max_dets = load_coco(annotations), backend, max_dets
         self.reset()
 
     def reset(self) -> None:
@@ -228,12 +211,12 @@ class COCOEvaluator:
         if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
             return {}
         metrics, self.coco_eval = compute_metrics(self.coco, results, self.backend, image_ids or None,
-                                                  return_eval=True)
+                                                  return_eval=True, max_dets=self.max_dets)
         return metrics
 
 
 def evaluate_results_file(results_json: Union[str, Path], annotations_json: Union[str, Path, COCO],
-                          backend: str = "faster_coco_eval") -> dict[str, Any]:
+                          backend: str = "faster_coco_eval", max_dets: int = 100) -> dict[str, Any]:
     """Scores a COCO results file (a JSON list of {image_id, category_id, bbox xywh, score}) over
     every image of the annotations."""
     _eval_class(backend)
@@ -242,7 +225,7 @@ def evaluate_results_file(results_json: Union[str, Path], annotations_json: Unio
     gt = load_coco(annotations_json)
     # A NaN box would match every ground truth, an unknown category would be scored against nothing.
     validate_results(results, path, gt.getImgIds(), gt.getCatIds())
-    return compute_metrics(gt, results, backend)
+    return compute_metrics(gt, results, backend, max_dets=max_dets)
 
 
 def format_metrics_table(metrics: dict[str, Any], columns: int = 3) -> str:
@@ -250,7 +233,7 @@ def format_metrics_table(metrics: dict[str, Any], columns: int = 3) -> str:
     def fmt(v: float) -> str:
         return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
 
-    keys = [k for k in METRIC_NAMES if k in metrics]
+    keys = [k for k in METRIC_NAMES if k in metrics] + [k for k in metrics if k.startswith(("AP@", "AR@"))]
     widths = [max(len(k), len(fmt(metrics[k]))) for k in keys]
     lines = [" | ".join(k.rjust(w) for k, w in zip(keys, widths)),
              "-+-".join("-" * w for w in widths),

@@ -41,7 +41,7 @@ def inference_on_coco(detector, images_root: Union[str, Path], annotations: Unio
     config's ``evaluation.backend``; ``evaluation.tta`` switches test-time augmentation on.
     """
     coco = load_coco(annotations)
-    evaluator = COCOEvaluator(coco, backend or detector.cfg.evaluation.backend)
+    evaluator = COCOEvaluator(coco, backend or detector.cfg.evaluation.backend, detector.cfg.evaluation.max_dets)
     root = Path(images_root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")

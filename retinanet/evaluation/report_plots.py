@@ -30,7 +30,7 @@ def pr_curves(precision: np.ndarray, iou_thrs: np.ndarray, rec_thrs: np.ndarray,
         ax = fig.add_subplot(1, len(ious), j + 1)
         t = int(np.argmin(np.abs(np.asarray(iou_thrs) - iou)))
         for k, name in enumerate(names):
-            p = precision[t, :, k, 0, -1]
+            p = precision[t, :, k, 0, 2]  # maxDets 100, as the per-class AP
             if (p < 0).all():
                 continue
             ap = float(p[p >= 0].mean()) * 100
