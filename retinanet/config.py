@@ -180,6 +180,13 @@ class EvaluationConfig:
     # COCO's largest maxDets (100). Dense scenes need more: AP/AR also come at this limit (AP@N, AR@N),
     # and the per-image detection limit rises to it.
     max_dets: int = 100
+    # Tiled inference (eval, infer, Detector.predict) for large images: tiles of `tile` px (0: off) at native
+    # resolution, overlapping by tile_overlap; merged by nms (pooled candidates) or nmm (SAHI's greedy
+    # merging); tile_full_pass adds the whole image at the test size for objects larger than a tile.
+    tile: int = 0
+    tile_overlap: float = 0.2
+    tile_merge: str = "nms"
+    tile_full_pass: bool = False
 
 
 @dataclass(frozen=True)
@@ -255,6 +262,10 @@ def validate(cfg: Config) -> Config:
         problems.append(f"solver.ims_per_batch must be >= 1, got {s.ims_per_batch}")
     if cfg.dataloader.num_workers < 0:
         problems.append(f"dataloader.num_workers must be >= 0, got {cfg.dataloader.num_workers}")
+    ev = cfg.evaluation
+    if ev.tile and (ev.tile < 32 or not 0 <= ev.tile_overlap < 1 or ev.tile_merge not in ("nms", "nmm")):
+        problems.append(f"evaluation.tile must be 0 (off) or >= 32 px, tile_overlap in [0, 1), tile_merge nms or "
+                        f"nmm; got tile={ev.tile}, tile_overlap={ev.tile_overlap}, tile_merge={ev.tile_merge!r}")
     if cfg.evaluation.max_dets < 100:
         problems.append(f"evaluation.max_dets must be >= 100 (COCO's own limit), got {cfg.evaluation.max_dets}")
     if cfg.dataloader.timeout <= 0:

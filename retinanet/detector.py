@@ -122,18 +122,27 @@ class Detector:
     # -- the whole pipeline -----------------------------------------------------------------
     @torch.no_grad()
     def predict(self, images: Union[ImageInput, Sequence[ImageInput]], batch_size: int = 4,
-                score_thresh: Optional[float] = None, tta: Optional[bool] = None) -> Union[dict, list[dict]]:
+                score_thresh: Optional[float] = None, tta: Optional[bool] = None, tile: Optional[int] = None,
+                tile_overlap: Optional[float] = None) -> Union[dict, list[dict]]:
         """Detects objects. One image gives one dict, a list or tuple of images a list of dicts (as
         torchvision's models take lists): ``boxes`` (D, 4) xyxy in original pixels, ``scores`` (D,),
         ``labels`` (D,) dataset category ids and ``names`` (D class names), sorted by decreasing score.
         ``score_thresh`` drops lower scores; ``tta`` (default: evaluation.tta) adds the flipped and
-        rescaled views, with the same return type."""
+        rescaled views; ``tile`` px (default: evaluation.tile; 0 off) runs large images by overlapping
+        native-resolution tiles (``tiling.py``), ``tile_overlap`` (default: evaluation.tile_overlap) apart."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        use_tta = self.cfg.evaluation.tta if tta is None else tta
+        ev = self.cfg.evaluation
+        use_tta = ev.tta if tta is None else tta
+        tile = ev.tile if tile is None else tile
         results = []
+        if tile:
+            from .tiling import predict_tiled
+            results = predict_tiled(self, items, tile, ev.tile_overlap if tile_overlap is None else tile_overlap,
+                                    batch_size, ev.tile_merge, ev.tile_full_pass)
+            items = []
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
             if use_tta:

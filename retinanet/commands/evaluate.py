@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config_loader import load_config
 from ..jsonio import write_json
-from . import positive_int
+from . import add_tile_arguments, positive_int, with_tile_overrides
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=2)
     p.add_argument("--max-images", type=positive_int, help="evaluate only the first N images (by id)")
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: train.device)")
+    add_tile_arguments(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. evaluation.tta=true")
 
 
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     from ..detector import Detector
     if not args.weights:
         raise ValueError("--weights is required (a checkpoint written by `retinanet train`, or a torchvision state dict)")
-    detector = Detector.from_config(args.config, args.weights, args.device, args.overrides, classes_from_val=True)
+    detector = Detector.from_config(args.config, args.weights, args.device, with_tile_overrides(args),
+                                    classes_from_val=True)
     cfg = detector.cfg
     val = cfg.data.val
     for key, value in (("data.val.images", val.images), ("data.val.annotations", val.annotations)):

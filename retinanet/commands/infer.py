@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..jsonio import write_json
 from ..video import VIDEO_SUFFIXES
-from . import positive_int
+from . import add_tile_arguments, positive_int, with_tile_overrides
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 
@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-thresh", type=float, default=0.3, help="drawn and written detections (default 0.3)")
     p.add_argument("--batch-size", type=positive_int, default=2)
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: train.device)")
+    add_tile_arguments(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. evaluation.tta=true (before --input, or after --)")
 
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     if any(p.resolve().parent == out.resolve() for p in paths):  # drawn images keep their input's name
         print(f"retinanet infer: error: --output {out} holds input images; choose another folder", file=sys.stderr)
         return 2
-    detector = Detector.from_config(args.config, args.weights, args.device, args.overrides)
+    detector = Detector.from_config(args.config, args.weights, args.device, with_tile_overrides(args))
     out.mkdir(parents=True, exist_ok=True)
     predictions, failed, used = [], [], set()
     from ..video import VideoError, infer_video, is_video
