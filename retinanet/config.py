@@ -112,6 +112,14 @@ class InputConfig:
     pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     flip_prob: float = 0.5
     color_jitter: float = 0.0  # probability of photometric jitter
+    # Large images: train on random crop_train x crop_train crops of the image scaled by crop_scale instead
+    # of shrinking it (0: off). Boxes are cut at the crop border and kept if >= crop_min_visibility of their
+    # area is inside; crop_background_prob of the crops are drawn anywhere (they may hold no object), the
+    # rest hold at least one object.
+    crop_train: int = 0
+    crop_scale: float = 1.0
+    crop_min_visibility: float = 0.5
+    crop_background_prob: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -262,6 +270,12 @@ def validate(cfg: Config) -> Config:
         problems.append(f"solver.ims_per_batch must be >= 1, got {s.ims_per_batch}")
     if cfg.dataloader.num_workers < 0:
         problems.append(f"dataloader.num_workers must be >= 0, got {cfg.dataloader.num_workers}")
+    i = cfg.input
+    if i.crop_train and not (i.crop_train >= 32 and i.crop_scale > 0 and 0 <= i.crop_min_visibility <= 1
+                             and 0 <= i.crop_background_prob <= 1):
+        problems.append(f"input.crop_train must be 0 (off) or >= 32 px, crop_scale > 0, crop_min_visibility and "
+                        f"crop_background_prob in [0, 1]; got crop_train={i.crop_train}, crop_scale={i.crop_scale}, "
+                        f"crop_min_visibility={i.crop_min_visibility}, crop_background_prob={i.crop_background_prob}")
     ev = cfg.evaluation
     if ev.tile and (ev.tile < 32 or not 0 <= ev.tile_overlap < 1 or ev.tile_merge not in ("nms", "nmm")):
         problems.append(f"evaluation.tile must be 0 (off) or >= 32 px, tile_overlap in [0, 1), tile_merge nms or "

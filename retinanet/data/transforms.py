@@ -48,6 +48,17 @@ class ResizeShortestEdge(A.DualTransform):
         return ("min_sizes", "max_size")
 
 
+def crop_ops(size: int, scale: float, background_prob: float, fill: np.ndarray) -> list:
+    """Albumentations' box-aware crops of ``size`` px from the image scaled by ``scale``: with probability
+    1 - ``background_prob`` a crop holding at least one object, else one drawn anywhere. Smaller images are
+    padded (bottom right) with the mean pixel, which normalises to the 0 that batch padding uses."""
+    ops: list = [A.RandomScale(scale_limit=(scale - 1, scale - 1), p=1.0)] if scale != 1 else []
+    ops.append(A.PadIfNeeded(min_height=size, min_width=size, position="top_left", border_mode=cv2.BORDER_CONSTANT,
+                             fill=tuple(float(v) for v in fill)))
+    crops = [A.AtLeastOneBBoxRandomCrop(size, size, p=1 - background_prob), A.RandomCrop(size, size, p=background_prob)]
+    return ops + [A.OneOf([c for c in crops if c.p > 0], p=1.0)]
+
+
 class DetectionTransform:
     """``(image (H, W, 3) uint8, boxes (G, 4), labels (G,), crowd_boxes (C, 4), seed)`` ->
     ``(image (3, h, w) float32 normalised, boxes (G', 4) float32, labels (G',) int64, crowd_boxes (C', 4))``.
@@ -57,18 +68,21 @@ class DetectionTransform:
     """
 
     def __init__(self, min_sizes: Sequence[int], max_size: int, mean: Sequence[float], std: Sequence[float],
-                 flip_prob: float = 0.0, color_jitter: float = 0.0):
+                 flip_prob: float = 0.0, color_jitter: float = 0.0, crop: int = 0, crop_scale: float = 1.0,
+                 crop_min_visibility: float = 0.5, crop_background_prob: float = 0.1):
+        self.mean = np.asarray(mean, np.float32) * 255
+        self.std = np.asarray(std, np.float32) * 255
         ops: list = []
         if color_jitter > 0:  # on uint8 before resizing: same result, cheaper at small input sizes
             ops.append(A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=color_jitter))
-        ops.append(ResizeShortestEdge(min_sizes, max_size))
+        ops += crop_ops(crop, crop_scale, crop_background_prob, self.mean) if crop else [
+            ResizeShortestEdge(min_sizes, max_size)]
         if flip_prob > 0:
             ops.append(A.HorizontalFlip(p=flip_prob))
-        self.random = color_jitter > 0 or flip_prob > 0 or len(set(min_sizes)) > 1
-        self.compose = A.Compose(ops, bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"],
-                                                               clip=True, filter_invalid_bboxes=True))
-        self.mean = np.asarray(mean, np.float32) * 255
-        self.std = np.asarray(std, np.float32) * 255
+        self.random = color_jitter > 0 or flip_prob > 0 or len(set(min_sizes)) > 1 or crop > 0
+        self.compose = A.Compose(ops, bbox_params=A.BboxParams(
+            format="pascal_voc", label_fields=["labels"], clip=True, filter_invalid_bboxes=True,
+            min_visibility=crop_min_visibility if crop else 0.0))
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, crowd_boxes: np.ndarray,
                  seed: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -100,6 +114,7 @@ def build_transforms(input_cfg: InputConfig, train: bool) -> DetectionTransform:
         m: Union[int, tuple[int, ...]] = input_cfg.min_size_train
         return DetectionTransform((m,) if isinstance(m, int) else m, input_cfg.max_size_train,
                                   input_cfg.pixel_mean, input_cfg.pixel_std, input_cfg.flip_prob,
-                                  input_cfg.color_jitter)
+                                  input_cfg.color_jitter, input_cfg.crop_train, input_cfg.crop_scale,
+                                  input_cfg.crop_min_visibility, input_cfg.crop_background_prob)
     return DetectionTransform((input_cfg.min_size_test,), input_cfg.max_size_test,
                               input_cfg.pixel_mean, input_cfg.pixel_std)
