@@ -57,9 +57,9 @@ def build_criterion(cfg: Config) -> RetinaNetLoss:
 
 def build_postprocessor(cfg: Config) -> PostProcessor:
     t = cfg.model.test
-    # An evaluation at a higher maxDets must get that many detections per image to score.
-    return PostProcessor(BoxCoder(cfg.model.box_weights), t.score_thresh, t.topk_candidates, t.nms_thresh,
-                         max(t.detections_per_img, cfg.evaluation.max_dets))
+    # An evaluation raised above COCO's 100 detections must get that many per image to score.
+    limit = max(t.detections_per_img, cfg.evaluation.max_dets) if cfg.evaluation.max_dets > 100 else t.detections_per_img
+    return PostProcessor(BoxCoder(cfg.model.box_weights), t.score_thresh, t.topk_candidates, t.nms_thresh, limit)
 
 
 def build_preprocessor(cfg: Config) -> Preprocessor:
