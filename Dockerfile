@@ -19,12 +19,13 @@ FROM pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /workspace
-COPY setup.py README.md ./
+COPY setup.py README.md constraints.txt ./
 COPY retinanet ./retinanet
 COPY configs ./configs
-# Same pins as INSTALL_REQUIRES in setup.py (tests/test_packaging.py checks it): the base image already holds
-# exactly these builds, so pip keeps its CUDA wheels; then the same editable install as the README.
-RUN pip install torch==2.14.1 torchvision==0.29.1 && pip install -e .
+# The same install as the README and .ci/run: setup.py's ranges, pinned by constraints.txt to the tested
+# versions. The base image holds exactly the pinned torch build, so pip keeps its CUDA wheels
+# (tests/test_packaging.py checks that the image tag and the pin agree).
+RUN pip install -c constraints.txt -e .
 
 ENTRYPOINT ["retinanet"]
 CMD ["--help"]

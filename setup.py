@@ -2,10 +2,15 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
-# Keep in step with the Dockerfile and README (tests/test_packaging.py checks that they agree).
+# Compatible ranges; constraints.txt pins the versions the tests run with (tests/test_packaging.py checks that
+# every pin lies inside these ranges). Lower bounds of torch/torchvision: torch.onnx.export(dynamo=False) needs
+# torch 2.5 (torchvision 0.20 is its pair); torch.amp.GradScaler(device) needs 2.3.
 INSTALL_REQUIRES = [
-    "torch==2.14.1",
-    "torchvision==0.29.1",
+    "torch>=2.5,<3",
+    "torchvision>=0.20,<1",
+    "numpy>=1.24",
+    "pillow>=9.1",
+    "opencv-python-headless>=4.8",  # cv2 is imported directly (resize, video); albumentations needs it too
     "pycocotools>=2.0.7",
     "faster-coco-eval>=1.5",
     "albumentations>=1.4",
