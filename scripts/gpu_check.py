@@ -45,7 +45,8 @@ def format_table(rows: Sequence[Row]) -> str:
     lines = ["| check | ours | torchvision | ratio | note |", "|---|---:|---:|---:|---|"]
     for r in rows:
         note = ("FAILED: " if r.failed else "") + r.note.replace("|", "/").replace("\n", " ")
-        lines.append(f"| {r.check} | {fmt(r.ours)} | {fmt(r.torchvision)} | {fmt(ratio(r.ours, r.torchvision))} | {note} |")
+        cells = (r.check, fmt(r.ours), fmt(r.torchvision), fmt(ratio(r.ours, r.torchvision)), note)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -261,8 +261,7 @@ class Trainer:
     def step(self, batch: dict, it: int, gamma: float) -> dict:
         if len(batch["targets"]) == 0:  # every image of this batch was unreadable
             return {"loss": float("nan")}
-        # non_blocking overlaps the copy only from pinned memory to a GPU (untested here); a no-op on a CPU.
-        images = batch["images"].to(self.device, non_blocking=True)
+        images = batch["images"].to(self.device, non_blocking=True)  # async from pinned memory to a GPU: untested here
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = [{k: v.to(self.device) for k, v in t.items()} for t in batch["targets"]]
