@@ -156,6 +156,7 @@ def build_train_loader(cfg: Config, dataset: CocoDetection, rank: int = 0, world
     sampler = TrainBatchSampler(dataset, cfg.solver.ims_per_batch, cfg.train.seed, rank, world_size,
                                 cfg.dataloader.aspect_ratio_grouping, start_iter)
     workers = cfg.dataloader.num_workers
+    # pin_memory only with CUDA (the decision is tested; the pinning itself needs a GPU, untested here).
     return WorkerLoader(NamedSkips(dataset), batch_sampler=sampler, num_workers=workers,
                         persistent_workers=workers > 0, timeout=cfg.dataloader.timeout if workers else 0,
                         collate_fn=functools.partial(collate, size_divisible=cfg.input.size_divisible),

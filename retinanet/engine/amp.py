@@ -50,3 +50,21 @@ def autocast_dtype(mode: str, device: torch.device,
                       "emulates it and training will be several times SLOWER than fp32; use train.amp='' "
                       "(fp32) here, bf16 on a CUDA GPU or a CPU with AVX512_BF16/AMX", RuntimeWarning, stacklevel=2)
     return AMP_MODES[mode]
+
+
+# The device decisions of the trainer, as pure functions so that their CUDA answers are tested on a CPU.
+def uses_channels_last(device: torch.device, amp: str) -> bool:
+    """NHWC activations and weights: they pay on a CPU (oneDNN) and with AMP on a GPU (tensor cores);
+    cuDNN's fp32 NHWC convolutions are not faster than NCHW."""
+    return device.type == "cpu" or bool(amp)
+
+
+def uses_winograd(device: torch.device) -> bool:
+    """Winograd 3x3 convs (``fusion.prepare_for_training``) only on a CPU: cuDNN picks its own algorithms."""
+    return device.type == "cpu"
+
+
+def grad_scaler(device: torch.device, amp_dtype: Optional[torch.dtype]) -> torch.amp.GradScaler:
+    """Loss scaling only for fp16, whose gradients underflow; bf16 and fp32 have fp32's exponent range.
+    Disabled, the scaler is a pass-through (scale(loss) is loss, step() is optimizer.step())."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)

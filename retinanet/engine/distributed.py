@@ -14,10 +14,15 @@ def init_distributed(device_type: str) -> tuple[int, int, int]:
         return 0, 1, 0
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        if device_type == "cuda":
+        if device_type == "cuda":  # untested here (no GPU): one GPU per local rank
             torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group(backend_for(device_type))  # NCCL untested here (no GPU): scripts/gpu_check.py
     return rank, world, local
+
+
+def backend_for(device_type: str) -> str:
+    """The process-group backend: NCCL between GPUs, gloo between CPU processes."""
+    return "nccl" if device_type == "cuda" else "gloo"
 
 
 def is_main() -> bool:

@@ -24,7 +24,7 @@ from ..evaluation.report import report_from_evaluator
 from ..model import count_parameters
 from ..schedules import gamma_at
 from ..fusion import prepare_for_training
-from .amp import autocast_dtype
+from .amp import autocast_dtype, grad_scaler, uses_channels_last, uses_winograd
 from .best import BestTracker
 from .distributed import all_reduce_max, barrier, init_distributed, is_main
 from .logs import draw_val_predictions, setup_logging
@@ -73,13 +73,12 @@ class Trainer:
         if cfg.solver.ims_per_batch % self.world:
             raise ValueError(f"solver.ims_per_batch ({cfg.solver.ims_per_batch}) must be divisible by the number "
                              f"of processes ({self.world})")
-        # channels_last pays on a CPU and with AMP on a GPU (fp32 NHWC convs are not faster there).
-        self.channels_last = self.device.type == "cpu" or bool(cfg.train.amp)
+        self.channels_last = uses_channels_last(self.device, cfg.train.amp)  # amp.py says when each pays
         model = build_model(cfg)
         if cfg.model.weights and not (resume and (self.output / "checkpoints" / "last.pth").is_file()):
             load_matching(model, read_detector_weights(cfg.model.weights), cfg.model.weights)  # fine-tuning
         model = prepare_for_training(model, self.channels_last,  # same keys, faster
-                                     winograd=self.device.type == "cpu").to(self.device)
+                                     winograd=uses_winograd(self.device)).to(self.device)
         if cfg.model.backbone.norm == "syncbn" and self.world > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
@@ -89,7 +88,7 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.solver, model)
         self.scheduler = build_lr_scheduler(cfg.solver, self.optimizer)
         self.amp_dtype = autocast_dtype(cfg.train.amp, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.scaler = grad_scaler(self.device, self.amp_dtype)  # fp16 on CUDA only; tests enable it on a CPU
         self.start_iter = 0
         self.skipped_steps = 0
         self._bad_images: set = set()  # distinct unreadable files (a file is drawn again every epoch)
@@ -262,7 +261,7 @@ class Trainer:
     def step(self, batch: dict, it: int, gamma: float) -> dict:
         if len(batch["targets"]) == 0:  # every image of this batch was unreadable
             return {"loss": float("nan")}
-        images = batch["images"].to(self.device, non_blocking=True)
+        images = batch["images"].to(self.device, non_blocking=True)  # async from pinned memory to a GPU: untested here
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = [{k: v.to(self.device) for k, v in t.items()} for t in batch["targets"]]
