@@ -22,7 +22,7 @@ from ..jsonio import dumps_finite, write_json
 from ..evaluation.report import report_from_evaluator
 from ..model import count_parameters
 from ..schedules import gamma_at
-from ..fusion import prepare_for_training
+from .. import fast
 from .amp import autocast_dtype
 from .best import BestTracker
 from .distributed import all_reduce_max, barrier, init_distributed, is_main
@@ -72,10 +72,10 @@ class Trainer:
         if cfg.solver.ims_per_batch % self.world:
             raise ValueError(f"solver.ims_per_batch ({cfg.solver.ims_per_batch}) must be divisible by the number "
                              f"of processes ({self.world})")
-        # channels_last pays on a CPU and with AMP on a GPU (fp32 NHWC convs are not faster there).
-        self.channels_last = self.device.type == "cpu" or bool(cfg.train.amp)
-        model = prepare_for_training(build_model(cfg), self.channels_last,  # same keys, faster
-                                     winograd=self.device.type == "cpu").to(self.device)
+        model = build_model(cfg)
+        if cfg.model.fast:  # the same parameters, keys and gradients (retinanet/fast/)
+            model = fast.for_training(model, self.device, amp=bool(cfg.train.amp))
+        model = model.to(self.device)
         if cfg.model.backbone.norm == "syncbn" and self.world > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
@@ -259,8 +259,6 @@ class Trainer:
         if len(batch["targets"]) == 0:  # every image of this batch was unreadable
             return {"loss": float("nan")}
         images = batch["images"].to(self.device, non_blocking=True)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         targets = [{k: v.to(self.device) for k, v in t.items()} for t in batch["targets"]]
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             outputs = self.ddp(images)

@@ -22,7 +22,7 @@ from ..data.validate import validate_coco, validate_results
 from ..jsonio import write_json
 
 logger = logging.getLogger(__name__)
-from ..data.records import load_json
+from ..fast.records import load_json
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
 # Order of COCOeval.stats for bbox.

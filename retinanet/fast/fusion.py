@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .winograd import winograd_convs, winograd_eligible, winograd_train_conv
@@ -36,10 +37,8 @@ def _affine(norm: nn.Module) -> tuple[Tensor, Tensor]:
 @torch.no_grad()
 def fold_norm_into_conv(conv: nn.Conv2d, norm: nn.Module) -> None:
     """Rewrites ``conv`` in place so that ``conv(x) == norm(old_conv(x))`` (up to float rounding)."""
-    scale, shift = _affine(norm)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
-    conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-    conv.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
+    conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var,
+                                                  norm.eps, norm.weight, norm.bias)
 
 
 def _fold_children(module: nn.Module) -> int:
@@ -106,11 +105,10 @@ class _ConvThenFrozenNorm(nn.Conv2d):
 
 class _WinogradConv(nn.Conv2d):
     """A wide 3x3 conv that trains through Winograd F(4x4, 3x3) on a CPU (``winograd.winograd_train_conv``):
-    4x fewer multiply-adds forward and backward. Same parameters and state-dict keys; the direct
+    fewer multiply-adds forward and backward. Same parameters and state-dict keys; the direct
     conv elsewhere (CUDA, autocast, other dtypes, maps under ``min_pixels``)."""
 
-    # Forward + backward, 2 cores, batch 2, 256 channels: 1.8x at 64x84, 1.35x at 32x42, but 0.73x at
-    # 16x21 and 0.33x at 8x11, where the backward's per-tile-position accumulations dominate.
+    # On smaller maps the backward's per-tile-position accumulations cost more than the multiply-adds saved.
     min_pixels = 1024
 
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
