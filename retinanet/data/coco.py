@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..preprocess import read_image, to_float_tensor
-from ..fast.records import gc_paused, load_json, pack_records, parse_annotations
+from ..fast.records import ImageRecords, gc_paused, load_json, parse_annotations
 from .validate import CocoFormatError, check_top_level, validate_coco
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class CocoDetection(Dataset):
                            MIN_ANNOTATION_SIZE, ref, images[anns[j]["image_id"]]["file_name"], anns[j]["bbox"])
         # Flat buffers, not per-image objects: forked loader workers then share them (fast/records.py).
         keep = ~bad
-        self._records = pack_records(images, img_idx[keep], xyxy[keep].astype(np.float32), labels[keep], crowd[keep])
+        self._records = ImageRecords(images, img_idx[keep], xyxy[keep].astype(np.float32), labels[keep], crowd[keep])
         self.stats: dict[str, int] = dict(
             images=len(images), annotations=len(anns), degenerate_dropped=dropped, crowd=int(crowd[keep].sum()),
             empty_images=int((self._records.num_boxes() == 0).sum()), filtered_empty=0, skipped_images=0)

@@ -1,11 +1,5 @@
-"""The focal loss of a dense detector without its (N, R, K) one-hot target: ``sparse_focal_loss``.
-
-Why: with K classes and R anchors per image, the targets are N * R * K zeros with a few hundred ones,
-and the reference loss (``losses.sigmoid_focal_loss``) makes a dozen autograd passes over that many
-elements. Here every entry is scored as a negative in one pass that also computes the gradient, and
-the few positives are corrected by gathering. ``criterion.dense_class_loss("focal", alpha)`` is the
-reference it equals (``tests/test_criterion.py``).
-"""
+"""The focal loss without its (N, R, K) one-hot targets, which are nearly all zeros (``sparse_focal_loss``):
+the criterion's class loss under ``model.fast``. It equals ``criterion.dense_class_loss("focal")``."""
 from __future__ import annotations
 
 from typing import Optional

@@ -31,25 +31,27 @@ def group_by_image(image_index: np.ndarray, values: np.ndarray, num_images: int)
 
 
 class ImageRecords:
-    """The records of ``len(image_ids)`` images, addressed by position j (file order) or image id.
+    """The records of ``images`` ({id: {"file_name", "height", "width"}}, in file order), addressed by
+    position j (file order) or image id, from M annotations: image position ``image_index`` (M,), ``boxes``
+    (M, 4) xyxy, ``labels`` (M,) and ``is_crowd`` (M,) bool; crowd boxes become the ignore regions.
 
-    ``hw`` (N, 2) int32 heights and widths; ``boxes`` (M, 4) float32 xyxy and ``labels`` (M,) int64
-    with ``box_offsets`` (N + 1,); ``crowd`` (C, 4) float32 with ``crowd_offsets`` (N + 1,). File
+    Held as ``hw`` (N, 2) int32 heights and widths; ``boxes`` (B, 4) float32 xyxy and ``labels`` (B,)
+    int64 with ``box_offsets`` (N + 1,); ``crowd`` (C, 4) float32 with ``crowd_offsets`` (N + 1,). File
     names are stored as one UTF-8 byte buffer with offsets.
     """
 
-    def __init__(self, image_ids: Sequence[int], file_names: Sequence[str], hw: np.ndarray,
-                 boxes: np.ndarray, labels: np.ndarray, box_offsets: np.ndarray,
-                 crowd: np.ndarray, crowd_offsets: np.ndarray):
-        self.image_ids = np.asarray(image_ids, np.int64)
-        encoded = [f.encode("utf-8") for f in file_names]
+    def __init__(self, images: dict[int, dict], image_index: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
+                 is_crowd: np.ndarray):
+        self.image_ids = np.fromiter(images, np.int64, count=len(images))
+        encoded = [v["file_name"].encode("utf-8") for v in images.values()]
         self._names = np.frombuffer(b"".join(encoded), np.uint8)
         self._name_offsets = np.zeros(len(encoded) + 1, np.int64)
         np.cumsum([len(e) for e in encoded], out=self._name_offsets[1:])
-        self.hw = np.ascontiguousarray(hw, np.int32).reshape(-1, 2)
-        self.boxes, self.labels = np.ascontiguousarray(boxes, np.float32), np.ascontiguousarray(labels, np.int64)
-        self.crowd = np.ascontiguousarray(crowd, np.float32)
-        self.box_offsets, self.crowd_offsets = box_offsets, crowd_offsets
+        self.hw = np.array([(v["height"], v["width"]) for v in images.values()], np.int32).reshape(-1, 2)
+        n, fg, boxes = len(images), ~is_crowd, np.asarray(boxes, np.float32)
+        self.boxes, self.box_offsets = group_by_image(image_index[fg], boxes[fg], n)
+        self.labels, _ = group_by_image(image_index[fg], np.asarray(labels, np.int64)[fg], n)
+        self.crowd, self.crowd_offsets = group_by_image(image_index[is_crowd], boxes[is_crowd], n)
         # id -> position without a dict: binary search in the sorted ids.
         self._id_order = np.argsort(self.image_ids, kind="stable")
         self._sorted_ids = self.image_ids[self._id_order]
@@ -78,20 +80,6 @@ class ImageRecords:
         b0, b1 = self.box_offsets[j], self.box_offsets[j + 1]
         c0, c1 = self.crowd_offsets[j], self.crowd_offsets[j + 1]
         return self.boxes[b0:b1].copy(), self.labels[b0:b1].copy(), self.crowd[c0:c1].copy()
-
-
-def pack_records(images: dict[int, dict], image_index: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
-                 is_crowd: np.ndarray) -> ImageRecords:
-    """The records of ``images`` ({id: {"file_name", "height", "width"}}, in file order) and of M annotations:
-    image position ``image_index`` (M,), ``boxes`` (M, 4) xyxy, ``labels`` (M,) and ``is_crowd`` (M,) bool;
-    crowd boxes become the ignore regions."""
-    n, fg = len(images), ~is_crowd
-    fg_boxes, box_offsets = group_by_image(image_index[fg], boxes[fg], n)
-    fg_labels, _ = group_by_image(image_index[fg], labels[fg], n)
-    crowd, crowd_offsets = group_by_image(image_index[is_crowd], boxes[is_crowd], n)
-    return ImageRecords(list(images), [v["file_name"] for v in images.values()],
-                        [(v["height"], v["width"]) for v in images.values()], fg_boxes, fg_labels, box_offsets,
-                        crowd, crowd_offsets)
 
 
 def load_json(path: Union[str, Path]) -> Any:
