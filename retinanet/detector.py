@@ -18,7 +18,7 @@ from .build import (ConfigSource, build_model, build_postprocessor, build_prepro
                     resolve_config)
 from .checkpoint import load_checkpoint, load_model_state
 from .config import Config
-from . import fast
+from .fast import for_inference, weights_version
 from .model import RetinaNet
 from .outputs import DenseOutputs
 from .postprocess import rescale_boxes
@@ -54,7 +54,7 @@ class Detector:
     def __init__(self, model: nn.Module, cfg: Config, device: Union[str, torch.device, None] = None):
         self.device = resolve_device(device)
         self.model = model.to(self.device)
-        # With model.fast, a RetinaNet runs as fast.for_inference's copy (same outputs to float rounding):
+        # With model.fast, a RetinaNet runs as for_inference's copy (same outputs to float rounding):
         # built on first use, rebuilt when the model's weights change.
         self.fast = cfg.model.fast and isinstance(model, RetinaNet)
         self._fast_copy: Optional[tuple[tuple, nn.Module]] = None
@@ -103,9 +103,9 @@ class Detector:
         if not self.fast:
             with eval_mode(self.model):
                 return self.model(batch)
-        version = fast.weights_version(self.model)
+        version = weights_version(self.model)
         if self._fast_copy is None or self._fast_copy[0] != version:
-            self._fast_copy = (version, fast.for_inference(self.model, self.device))
+            self._fast_copy = (version, for_inference(self.model, self.device))
         return self._fast_copy[1](batch)
 
     def to_results(self, boxes: Tensor, scores: Tensor, labels: Tensor, resized_size: tuple[int, int],

@@ -166,5 +166,7 @@ def test_one_switch_turns_every_fast_path_off(tiny_cfg):
     cfg = tiny_cfg()
     fast_loss, plain_loss = build_criterion(cfg).class_loss, build_criterion(_plain(cfg)).class_loss
     assert fast_loss.func.__module__ == "retinanet.fast.focal" and plain_loss.func.__module__ == "retinanet.criterion"
+    # old checkpoints' criterion state (the EMA normaliser) loads into either
+    assert list(build_criterion(cfg).state_dict()) == list(build_criterion(_plain(cfg)).state_dict()) == ["ema_normalizer"]
     model = build_model(cfg)
     assert Detector(model, cfg, "cpu").fast and not Detector(model, _plain(cfg), "cpu").fast

@@ -38,8 +38,10 @@ def test_parse_annotations_fast_and_refusing():
     img, lab, crowd, xywh = parse_annotations(anns, [2, 5], {1: 0, 3: 1})
     assert img.tolist() == [1, 0] and lab.tolist() == [1, 0] and crowd.tolist() == [False, True]
     assert xywh.tolist() == [[1, 2, 3.5, 4], [0, 0, 1, 1]]
+    for flag in (True, 1.0):  # validate_coco accepts these too
+        assert parse_annotations([{**anns[0], "iscrowd": flag}], [2, 5], {1: 0, 3: 1})[2].tolist() == [True]
     for bad in ({"image_id": 9}, {"category_id": 2}, {"bbox": [1, 2, 3]}, {"bbox": [True, 0, 1, 1]},
-                {"iscrowd": 2}, {"image_id": "5"}):
+                {"iscrowd": 2}, {"iscrowd": [1]}, {"image_id": "5"}):
         assert parse_annotations([{**anns[0], **bad}], [2, 5], {1: 0, 3: 1}) is None, bad
 
 

@@ -130,7 +130,7 @@ def parse_annotations(anns: list, image_ids: Sequence[int], cat_id_to_label: dic
         return None
     if not (_all_types(img, (int,)) and _all_types(cat, (int,)) and _all_types(bbox, (list,))
             and set(map(len, bbox)) <= {4} and _all_types(itertools.chain.from_iterable(bbox), (int, float))
-            and set(crowd) <= {0, 1}):  # as validate_coco: 0, 1, False, True, 0.0, 1.0
+            and _all_types(crowd, (int, bool, float)) and set(crowd) <= {0, 1}):  # as validate_coco
         return None
     ids = np.asarray(image_ids, np.int64)
     order = np.argsort(ids, kind="stable")
