@@ -7,6 +7,7 @@ or ``resolve_config``, and every later reader takes it from the config.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -15,7 +16,8 @@ from .backbone import build_backbone
 from .box_coder import BoxCoder
 from .config import Config, ConfigError
 from .config_loader import from_dict, load_config, merge_dict, parse_overrides, to_dict
-from .criterion import RetinaNetLoss
+from .criterion import RetinaNetLoss, dense_class_loss
+from .fast.focal import sparse_focal_loss
 from .fpn import FPN
 from .head import RetinaNetHead
 from .matcher import Matcher
@@ -45,14 +47,15 @@ def build_model(cfg: Config) -> RetinaNet:
 
 
 def build_criterion(cfg: Config) -> RetinaNetLoss:
+    """The loss of ``model.loss``. With ``model.fast`` the focal loss runs without its one-hot targets
+    (``fast/focal.py``): the same values and gradients, with less memory traffic."""
     m, lc = cfg.model, cfg.model.loss
-    return RetinaNetLoss(
-        matcher=Matcher(m.matcher.fg_iou, m.matcher.bg_iou, m.matcher.allow_low_quality),
-        box_coder=BoxCoder(m.box_weights),
-        cls_loss=lc.cls_loss, alpha=lc.alpha, beta=lc.beta,
-        box_loss=lc.box_loss, smooth_l1_beta=lc.smooth_l1_beta, box_weight=lc.box_weight,
-        normalize=lc.normalize, ema_momentum=lc.ema_momentum, modulator=lc.modulator, poly_epsilon=lc.poly_epsilon,
-    )
+    class_loss = dense_class_loss(lc.cls_loss, lc.alpha, lc.beta, lc.modulator, lc.poly_epsilon)
+    if m.fast and lc.cls_loss == "focal":
+        class_loss = functools.partial(sparse_focal_loss, alpha=lc.alpha)
+    return RetinaNetLoss(Matcher(m.matcher.fg_iou, m.matcher.bg_iou, m.matcher.allow_low_quality),
+                         BoxCoder(m.box_weights), class_loss, lc.box_loss, lc.smooth_l1_beta, lc.box_weight,
+                         lc.normalize, lc.ema_momentum)
 
 
 def build_postprocessor(cfg: Config) -> PostProcessor:

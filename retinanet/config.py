@@ -99,6 +99,7 @@ class ModelConfig:
     box_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     loss: LossConfig = field(default_factory=LossConfig)
     test: TestConfig = field(default_factory=TestConfig)
+    fast: bool = True  # retinanet/fast/ (same results to float rounding); false: the plain reference path
 
 
 @dataclass(frozen=True)

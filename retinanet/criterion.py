@@ -1,6 +1,9 @@
 """Training loss: match anchors per image, then class and box losses vectorised over the batch."""
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -8,7 +11,7 @@ from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 
 from .box_coder import BoxCoder
-from .losses import CLASS_LOSSES, box_regression_loss, classification_loss, sigmoid_focal_loss_sparse
+from .losses import CLASS_LOSSES, box_regression_loss, classification_loss
 from .matcher import IGNORE, Matcher
 from .outputs import DenseOutputs
 
@@ -16,11 +19,32 @@ NORMALIZERS = ("batch", "ema", "image")
 # l1 and smooth_l1 on (dx, dy, dw, dh) deltas; giou on decoded boxes (torchvision v2).
 BOX_LOSSES = ("l1", "smooth_l1", "giou")
 
+# A class loss: (logits (N, R, K) float32, anchor labels (N, R) int64 in [0, K] where K is background,
+# weight (N, R) float32 (0 for ignored anchors), focal gamma) -> per-image sum over anchors and classes (N,).
+ClassLoss = Callable[[Tensor, Tensor, Tensor, float], Tensor]
+
+
+def dense_class_loss(kind: str = "focal", alpha: float = 0.25, beta: float = 1.0, modulator: str = "power",
+                     poly_epsilon: float = 1.0) -> ClassLoss:
+    """The ClassLoss of ``losses.classification_loss(kind, ...)`` on one-hot targets (config ``model.loss``)."""
+    if kind not in CLASS_LOSSES:
+        raise ValueError(f"model.loss.cls_loss: unknown {kind!r}; expected one of {', '.join(CLASS_LOSSES)}")
+    return functools.partial(_dense_class_loss, kind=kind, alpha=alpha, beta=beta, modulator=modulator,
+                             poly_epsilon=poly_epsilon)
+
+
+def _dense_class_loss(logits: Tensor, labels: Tensor, weight: Tensor, gamma: float, *, kind: str, alpha: float,
+                      beta: float, modulator: str, poly_epsilon: float) -> Tensor:
+    target = F.one_hot(labels, logits.shape[-1] + 1)[..., :-1].to(logits.dtype)  # background: all zeros
+    cls = classification_loss(kind, logits, target, alpha, gamma, beta, modulator, poly_epsilon)
+    return (cls.sum(-1) * weight).sum(-1)
+
 
 class RetinaNetLoss(nn.Module):
-    """Focal (or other) class loss over non-ignored anchors + box loss over foreground anchors.
+    """A class loss over non-ignored anchors + box loss over foreground anchors.
 
-    ``normalize``:
+    ``class_loss``: a ClassLoss, e.g. ``dense_class_loss("focal")``; ``build_criterion`` picks it from the
+    config. ``normalize``:
       * ``batch``: both losses summed over the batch and divided by max(1, #foreground anchors in
         the batch); under DDP the count is all-reduced so every rank uses the global mean.
       * ``ema``: Detectron2's running mean of that count (momentum ``ema_momentum``, starts at 100).
@@ -28,27 +52,18 @@ class RetinaNetLoss(nn.Module):
     Targets are dicts with ``boxes`` (G, 4) xyxy in padded-image pixels, ``labels`` (G,) in [0, K),
     and optionally ``crowd_boxes`` (C, 4), which become ignore regions. The focal ``gamma`` comes
     with every call, because a gamma schedule changes it during training.
-
-    The focal loss runs sparse (``sigmoid_focal_loss_sparse``: no one-hot target, gradient computed in
-    the forward pass); setting ``sparse_focal = False`` on an instance runs the dense reference path.
     """
 
-    sparse_focal = True
-
-    def __init__(self, matcher: Matcher, box_coder: BoxCoder, cls_loss: str = "focal", alpha: float = 0.25,
-                 beta: float = 1.0, box_loss: str = "l1", smooth_l1_beta: float = 0.1, box_weight: float = 1.0,
-                 normalize: str = "batch", ema_momentum: float = 0.9, modulator: str = "power",
-                 poly_epsilon: float = 1.0):
+    def __init__(self, matcher: Matcher, box_coder: BoxCoder, class_loss: ClassLoss = dense_class_loss(),
+                 box_loss: str = "l1", smooth_l1_beta: float = 0.1, box_weight: float = 1.0,
+                 normalize: str = "batch", ema_momentum: float = 0.9):
         super().__init__()
-        for key, value, allowed in (("cls_loss", cls_loss, CLASS_LOSSES), ("box_loss", box_loss, BOX_LOSSES),
-                                    ("normalize", normalize, NORMALIZERS)):
+        for key, value, allowed in (("box_loss", box_loss, BOX_LOSSES), ("normalize", normalize, NORMALIZERS)):
             if value not in allowed:
                 raise ValueError(f"model.loss.{key}: unknown {value!r}; expected one of {', '.join(allowed)}")
-        self.matcher, self.box_coder = matcher, box_coder
-        self.cls_loss, self.alpha, self.beta = cls_loss, alpha, beta
+        self.matcher, self.box_coder, self.class_loss = matcher, box_coder, class_loss
         self.box_loss, self.smooth_l1_beta, self.box_weight = box_loss, smooth_l1_beta, box_weight
         self.normalize, self.ema_momentum = normalize, ema_momentum
-        self.modulator, self.poly_epsilon = modulator, poly_epsilon
         self.register_buffer("ema_normalizer", torch.tensor(100.0))
 
     @torch.no_grad()
@@ -73,16 +88,8 @@ class RetinaNetLoss(nn.Module):
             gt_labels[i, : len(t["labels"])] = t["labels"]
         img_idx, anchor_idx = fg.nonzero(as_tuple=True)
         gt_idx = matched[img_idx, anchor_idx]
-        if self.cls_loss == "focal" and self.sparse_focal and gamma >= 0:
-            # Sparse: the (N, R, K) one-hot target is never built; only the foreground entries are 1.
-            positives = (img_idx, anchor_idx, gt_labels[img_idx, gt_idx])
-            cls_per_image = sigmoid_focal_loss_sparse(logits, valid, positives, self.alpha, gamma)
-        else:
-            anchor_labels = torch.where(fg, gt_labels.gather(1, matched.clamp(min=0)), k)  # k = background
-            target = F.one_hot(anchor_labels, k + 1)[..., :k].to(logits.dtype)
-            cls = classification_loss(self.cls_loss, logits, target, self.alpha, gamma, self.beta, self.modulator,
-                                      self.poly_epsilon)
-            cls_per_image = (cls.sum(-1) * valid).sum(-1)  # (N,)
+        anchor_labels = torch.where(fg, gt_labels.gather(1, matched.clamp(min=0)), k)  # k = background
+        cls_per_image = self.class_loss(logits, anchor_labels, valid.to(logits.dtype), gamma)  # (N,)
 
         box_rows = self._box_loss(deltas[img_idx, anchor_idx], anchors[anchor_idx], gt_boxes[img_idx, gt_idx])
         box_per_image = logits.new_zeros(n).index_add_(0, img_idx, box_rows)

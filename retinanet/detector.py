@@ -18,7 +18,7 @@ from .build import (ConfigSource, build_model, build_postprocessor, build_prepro
                     resolve_config)
 from .checkpoint import load_checkpoint, load_model_state
 from .config import Config
-from .fusion import fuse_for_inference, weights_version
+from .fast import for_inference, weights_version
 from .model import RetinaNet
 from .outputs import DenseOutputs
 from .postprocess import rescale_boxes
@@ -51,14 +51,13 @@ class Detector:
     """A network (our RetinaNet, or an exported file's runtime) with the config it was built from,
     its preprocessing, post-processing and label -> category mapping."""
 
-    def __init__(self, model: nn.Module, cfg: Config, device: Union[str, torch.device, None] = None,
-                 fuse: bool = True):
+    def __init__(self, model: nn.Module, cfg: Config, device: Union[str, torch.device, None] = None):
         self.device = resolve_device(device)
         self.model = model.to(self.device)
-        # fuse: run a BatchNorm-folded, channels_last copy of a RetinaNet (fusion.py); same outputs to
-        # float rounding, ~1.3x faster on a CPU. Built on first use, rebuilt when the weights change.
-        self.fuse = fuse and isinstance(model, RetinaNet)
-        self._fused: Optional[tuple[tuple, nn.Module]] = None
+        # With model.fast, a RetinaNet runs as for_inference's copy (same outputs to float rounding):
+        # built on first use, rebuilt when the model's weights change.
+        self.fast = cfg.model.fast and isinstance(model, RetinaNet)
+        self._fast_copy: Optional[tuple[tuple, nn.Module]] = None
         self.cfg = cfg
         self.categories = categories_of(cfg)
         self.preprocessor = build_preprocessor(cfg)
@@ -101,14 +100,13 @@ class Detector:
     @torch.no_grad()
     def network(self, batch: Tensor) -> DenseOutputs:
         """The network on a preprocessed batch, in eval mode (the model's own mode is restored)."""
-        if not self.fuse:
+        if not self.fast:
             with eval_mode(self.model):
                 return self.model(batch)
         version = weights_version(self.model)
-        nhwc = self.device.type == "cpu"  # fp32 NHWC convs pay on oneDNN, not reliably on cuDNN
-        if self._fused is None or self._fused[0] != version:
-            self._fused = (version, fuse_for_inference(self.model, channels_last=nhwc, winograd=nhwc))
-        return self._fused[1](batch.contiguous(memory_format=torch.channels_last) if nhwc else batch)
+        if self._fast_copy is None or self._fast_copy[0] != version:
+            self._fast_copy = (version, for_inference(self.model, self.device))
+        return self._fast_copy[1](batch)
 
     def to_results(self, boxes: Tensor, scores: Tensor, labels: Tensor, resized_size: tuple[int, int],
                    original_size: tuple[int, int]) -> dict:

@@ -27,7 +27,7 @@ from .checkpoint import CheckpointError
 from .config import Config
 from .config_loader import to_dict
 from .detector import Detector, resolve_device
-from .fusion import fuse_for_inference
+from .fast.fusion import fuse_for_inference
 from .model import RetinaNet, dense_outputs
 from .outputs import DenseOutputs
 

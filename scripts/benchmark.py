@@ -20,6 +20,7 @@ Inputs are real photos from --photos when present, else generated ones.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -39,7 +40,7 @@ from retinanet.config_loader import load_config
 from retinanet.data.loader import build_dataset, build_train_loader
 from retinanet.detector import Detector
 from retinanet.export import compare_detections, export_model, load_exported
-from retinanet.fusion import prepare_for_training
+from retinanet.fast import for_training
 from retinanet.preprocess import read_image, to_float_tensor
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "torchvision" / "retinanet_resnet50_fpn_coco.yaml"
@@ -146,7 +147,6 @@ def main() -> None:
         ours.train()
         criterion.train()
         batch, sizes, _ = detector.preprocess(images)
-        batch = batch.contiguous(memory_format=torch.channels_last)
         scaled = []
         for t, im, (h, w) in zip(targets, images, sizes):
             scale = torch.tensor([w / im.shape[-1], h / im.shape[-2]] * 2, device=device)
@@ -178,14 +178,14 @@ def main() -> None:
         ref = [{**r, "labels": detector.label_to_id[r["labels"].cpu()]} for r in tv(images)]
     # Our reference path (no folding) too: with random weights, scores tie in float32 after the sigmoid,
     # and at the top-k boundary torchvision (top-k on scores) and we (on logits) may keep another tie.
-    reference = Detector(ours, cfg, device, fuse=False)
+    reference = Detector(ours, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, fast=False)), device)
     refs = {"torchvision": ref, "our reference path": [reference.predict(im) for im in images]}
     exact = {(name, against): all(compare_detections({k: v.cpu() for k, v in r.items() if k != "names"},
                                                      d.predict(im), 0.05, 1e-4)[0] for r, im in zip(rs, images))
              for name, d in (("Detector.predict", detector), ("ONNX Runtime", onnx), ("reference path", reference))
              if d is not None for against, rs in refs.items() if d is not reference or against == "torchvision"}
     # What the trainer does: conv + FrozenBN folded on the fly, channels_last, Winograd on a CPU.
-    prepare_for_training(ours, winograd=device.type == "cpu")
+    for_training(ours, device)
 
     # Same weights, same data, same loss definition: the losses must agree.
     ref, got = tv_train(), ours_train()

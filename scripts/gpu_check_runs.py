@@ -24,7 +24,7 @@ from retinanet.config_loader import load_config  # noqa: E402
 from retinanet.detector import Detector  # noqa: E402
 from retinanet.engine.amp import grad_scaler, uses_channels_last, uses_winograd  # noqa: E402
 from retinanet.engine.distributed import backend_for  # noqa: E402
-from retinanet.fusion import prepare_for_training  # noqa: E402
+from retinanet import fast  # noqa: E402
 from retinanet.preprocess import read_image, to_float_tensor  # noqa: E402
 
 Value = Union[float, str, None]
@@ -103,7 +103,7 @@ def build_bench(args: argparse.Namespace, device: torch.device, tv: Optional[tor
         same = False
         torch.nn.init.zeros_(ours.head.cls_logits.bias)
     nhwc = uses_channels_last(device, "fp16" if amp else "")
-    prepare_for_training(ours, nhwc, winograd=uses_winograd(device))  # what the trainer runs
+    fast.for_training(ours, device, amp=amp)  # what the trainer runs
     ours.to(device)
     images = make_images(args.batch, (h, w), device, args.images)
     return Bench(args, device, cfg, tv.to(device), ours, build_criterion(cfg).to(device), Detector(ours, cfg, device),

@@ -12,7 +12,8 @@ from torchvision.models.detection.retinanet import RetinaNetHead as TVHead
 from retinanet.anchors import AnchorGenerator
 from retinanet.box_coder import BoxCoder
 from retinanet.config_loader import load_config
-from retinanet.criterion import RetinaNetLoss
+from retinanet.criterion import RetinaNetLoss, dense_class_loss
+from retinanet.fast.focal import sparse_focal_loss
 from retinanet.matcher import Matcher
 from retinanet.build import build_criterion, build_model
 from retinanet.outputs import DenseOutputs
@@ -22,8 +23,8 @@ from conftest import TV_CONFIGS
 K = 4
 
 
-def _criterion(**kw) -> RetinaNetLoss:
-    return RetinaNetLoss(Matcher(0.5, 0.4, True), BoxCoder(), **kw)
+def _criterion(cls_loss: str = "focal", **kw) -> RetinaNetLoss:
+    return RetinaNetLoss(Matcher(0.5, 0.4, True), BoxCoder(), dense_class_loss(cls_loss), **kw)
 
 
 def _dense(n: int, size=(160, 224), scale: float = 1.0) -> DenseOutputs:
@@ -206,11 +207,10 @@ def test_sparse_focal_equals_dense_path(normalize, gamma):
     targets[0]["crowd_boxes"] = torch.tensor([[150.0, 100, 220, 160]])  # ignored anchors
     base = _dense(3, scale=2.0)
     results = []
-    for sparse in (True, False):
+    for class_loss in (sparse_focal_loss, dense_class_loss("focal")):
         out = DenseOutputs(base.cls_logits.clone().requires_grad_(True), base.box_deltas.clone().requires_grad_(True),
                            base.anchors, base.level_sizes)
-        crit = _criterion(normalize=normalize)
-        crit.sparse_focal = sparse
+        crit = RetinaNetLoss(Matcher(0.5, 0.4, True), BoxCoder(), class_loss, normalize=normalize)
         losses = [crit(out, targets, gamma=gamma) for _ in range(2)]  # twice: the EMA moves
         sum(v["loss_cls"] + v["loss_box"] for v in losses).backward()
         results.append(([v[k] for v in losses for k in ("loss_cls", "loss_box", "num_fg")],

@@ -1,9 +1,13 @@
 """The fast paths return the reference path's detections, compared as sets (export.compare_detections):
-the BatchNorm-folded channels_last copy inside Detector, and exported files run as ``--weights``."""
+the BatchNorm-folded channels_last copy inside Detector, and exported files run as ``--weights``; and the
+core reading path stays free of them."""
 from __future__ import annotations
 
+import ast
 import copy
+import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +18,16 @@ from retinanet.build import build_criterion, build_model
 from retinanet.cli import main
 from retinanet.detector import Detector
 from retinanet.export import compare_detections, export_model, exported_format
-from retinanet.fusion import fuse_for_inference, prepare_for_training, weights_version
+from retinanet.fast import for_training, weights_version
+from retinanet.fast.fusion import fuse_for_inference
+
+CORE = ("model", "backbone", "fpn", "head", "anchors", "outputs", "matcher", "box_coder", "criterion",
+        "postprocess", "losses", "preprocess")
+
+
+def _plain(cfg):
+    """The same config with ``model.fast: false``: the reference path."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, fast=False))
 
 
 def _images() -> list[np.ndarray]:
@@ -48,7 +61,7 @@ def test_fused_detector_matches_reference(tiny_cfg, overrides):
     model = build_model(cfg)
     _randomise_norms(model)
     model.eval()
-    reference, fast = Detector(model, cfg, "cpu", fuse=False), Detector(model, cfg, "cpu")
+    reference, fast = Detector(model, _plain(cfg), "cpu"), Detector(model, cfg, "cpu")
     keys = list(model.state_dict())
     _assert_same_sets(reference.predict(_images(), batch_size=2), fast.predict(_images(), batch_size=2))
     assert list(model.state_dict()) == keys  # the caller's model is untouched: folding works on a copy
@@ -67,7 +80,7 @@ def test_fused_copy_folds_every_norm_and_follows_weight_changes(tiny_cfg):
     with torch.no_grad():  # as an optimizer step would: in place
         model.head.cls_logits.bias.add_(0.5)
     assert weights_version(model) != version
-    after, reference = detector.predict(photo), Detector(model, cfg, "cpu", fuse=False).predict(photo)
+    after, reference = detector.predict(photo), Detector(model, _plain(cfg), "cpu").predict(photo)
     assert not torch.equal(before["scores"], after["scores"])
     _assert_same_sets([reference], [after])
 
@@ -106,8 +119,7 @@ def test_training_rewrite_keeps_losses_gradients_and_keys(tiny_cfg):
     cfg = tiny_cfg("model.head.prior_init=false", "model.backbone.freeze_at=2")
     reference = build_model(cfg)
     _randomise_norms(reference)
-    fast = copy.deepcopy(reference)
-    prepare_for_training(fast)
+    fast = for_training(copy.deepcopy(reference), "cpu")
     assert list(fast.state_dict()) == list(reference.state_dict())
     criterion = build_criterion(cfg)
     x = torch.rand(2, 3, 128, 160)
@@ -127,5 +139,34 @@ def test_training_rewrite_keeps_losses_gradients_and_keys(tiny_cfg):
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-5, msg=name)
     # inference from the rewritten model: the fused copy undoes the rewrite first
     reference.eval()
-    _assert_same_sets(Detector(reference, cfg, "cpu", fuse=False).predict(_images()),
+    _assert_same_sets(Detector(reference, _plain(cfg), "cpu").predict(_images()),
                       Detector(fast, cfg, "cpu").predict(_images()))
+
+
+def test_core_reading_path_imports_no_fast_path_and_stays_short():
+    package = Path(__file__).resolve().parents[1] / "retinanet"
+    lines = 0
+    for name in CORE:
+        source = (package / f"{name}.py").read_text()
+        lines += len(source.splitlines())
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom):  # from .fast.x import y, from . import fast, from retinanet...
+                base = node.module or ""
+                modules = [base] + [f"{base}.{a.name}".lstrip(".") for a in node.names]
+            elif isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            else:
+                continue
+            assert not any(m == "fast" or m.startswith(("fast.", "retinanet.fast")) for m in modules), \
+                f"{name}.py imports the fast paths: {ast.unparse(node)}"
+    assert lines <= 1300, f"the core reading path has {lines} lines"
+
+
+def test_one_switch_turns_every_fast_path_off(tiny_cfg):
+    cfg = tiny_cfg()
+    fast_loss, plain_loss = build_criterion(cfg).class_loss, build_criterion(_plain(cfg)).class_loss
+    assert fast_loss.func.__module__ == "retinanet.fast.focal" and plain_loss.func.__module__ == "retinanet.criterion"
+    # old checkpoints' criterion state (the EMA normaliser) loads into either
+    assert list(build_criterion(cfg).state_dict()) == list(build_criterion(_plain(cfg)).state_dict()) == ["ema_normalizer"]
+    model = build_model(cfg)
+    assert Detector(model, cfg, "cpu").fast and not Detector(model, _plain(cfg), "cpu").fast

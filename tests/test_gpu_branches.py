@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import retinanet.criterion as criterion_module
-import retinanet.detector as detector_module
-import retinanet.fusion as fusion
+import retinanet.fast as fast_module
+import retinanet.fast.fusion as fusion
 from retinanet.build import build_criterion, build_model
 from retinanet.config_loader import load_config
 from retinanet.data.loader import build_dataset, build_train_loader
@@ -107,13 +107,18 @@ def test_train_loader_pins_memory_only_with_cuda(data_root, tmp_path, monkeypatc
     assert build_train_loader(cfg, dataset).pin_memory is cuda
 
 
+class _Recorder(nn.Module):
+    def __init__(self, calls: list, channels_last: bool, winograd: bool):
+        super().__init__()
+        self.calls, self.flags = calls, (channels_last, winograd)
+
+    def forward(self, batch):
+        self.calls.append((*self.flags, batch.is_contiguous(memory_format=torch.channels_last)))
+        return batch
+
+
 def _recording_fuse(calls: list):
-    def fake(model, channels_last=True, winograd=False):
-        def run(batch):
-            calls.append((channels_last, winograd, batch.is_contiguous(memory_format=torch.channels_last)))
-            return batch
-        return run
-    return fake
+    return lambda model, channels_last=True, winograd=False: _Recorder(calls, channels_last, winograd)
 
 
 @pytest.mark.parametrize("device, nhwc", [("cpu", True), ("cuda", False), ("cuda:1", False)])
@@ -122,7 +127,7 @@ def test_detector_network_switches_winograd_and_nhwc_off_on_cuda(tiny_cfg, monke
     cfg = tiny_cfg()
     det = Detector(build_model(cfg), cfg, "cpu")
     calls: list = []
-    monkeypatch.setattr(detector_module, "fuse_for_inference", _recording_fuse(calls))
+    monkeypatch.setattr(fast_module, "fuse_for_inference", _recording_fuse(calls))
     det.device = torch.device(device)
     det.network(torch.zeros(1, 3, 32, 32))
     assert calls == [(nhwc, nhwc, nhwc)]  # fused NHWC with Winograd, fed NHWC, only on a CPU

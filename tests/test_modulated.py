@@ -156,12 +156,13 @@ def test_config_validates_modulator_and_reaches_the_criterion():
                              "model.loss.modulator=exp", "model.loss.poly_epsilon=0.5"])
     assert cfg.model.loss.modulator == "exp" and load_config().model.loss.modulator == "power"
     crit = build_criterion(cfg)
-    assert (crit.cls_loss, crit.modulator, crit.poly_epsilon) == ("modulated", "exp", 0.5)
+    chosen = crit.class_loss.keywords  # build_criterion's dense_class_loss(...)
+    assert (chosen["kind"], chosen["modulator"], chosen["poly_epsilon"]) == ("modulated", "exp", 0.5)
 
 
 def test_criterion_uses_the_modulator_and_epsilon():
     from retinanet.box_coder import BoxCoder
-    from retinanet.criterion import RetinaNetLoss
+    from retinanet.criterion import RetinaNetLoss, dense_class_loss
     from retinanet.matcher import Matcher
     from retinanet.outputs import DenseOutputs
     # 3 anchors, one gt of class 1 on anchor 0; anchors 1 and 2 are background. 2 classes.
@@ -170,13 +171,14 @@ def test_criterion_uses_the_modulator_and_epsilon():
     targets = [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([1])}]
     one_hot = torch.tensor([[[0.0, 1.0], [0.0, 0.0], [0.0, 0.0]]])
 
-    def cls(**kw) -> float:
-        return RetinaNetLoss(Matcher(0.5, 0.4, True), BoxCoder(), **kw)(out, targets, gamma=2.0)["loss_cls"].item()
+    def cls(cls_loss: str, **kw) -> float:
+        crit = RetinaNetLoss(Matcher(0.5, 0.4, True), BoxCoder(), dense_class_loss(cls_loss, **kw))
+        return crit(out, targets, gamma=2.0)["loss_cls"].item()
 
     # One foreground anchor: the normaliser is 1, so loss_cls is the plain sum over the 6 entries.
     expected_cos = modulated_bce(out.cls_logits, one_hot, "cos", alpha=0.25).sum().item()
     assert cls(cls_loss="modulated", modulator="cos") == pytest.approx(expected_cos, rel=1e-6)
-    # Default modulator: power, the focal loss (which runs sparse, hence equal up to float rounding).
+    # Default modulator: power, the focal loss (equal up to float rounding).
     assert cls(cls_loss="modulated") == pytest.approx(cls(cls_loss="focal"), rel=1e-6)
     expected_poly = poly1_focal_loss(out.cls_logits, one_hot, epsilon=0.5).sum().item()
     assert cls(cls_loss="poly1_focal", poly_epsilon=0.5) == pytest.approx(expected_poly, rel=1e-6)

@@ -61,9 +61,9 @@ def _compare_sets(ours: list[dict], ref: list[dict], category_ids: torch.Tensor)
 
 def _check(det: Detector, images: list[torch.Tensor], ref: list[dict], category_ids: torch.Tensor,
            batch_size: int = 1) -> None:
-    """The reference path (``fuse=False``) bit for bit up to tie order; the default path as sets."""
+    """The reference path (``model.fast: false``) bit for bit up to tie order; the default path as sets."""
     _compare_sets(det.predict(images, batch_size=batch_size), ref, category_ids)
-    det.fuse = False
+    det.fast = False
     _compare(det.predict(images, batch_size=batch_size), ref, category_ids)
 
 
@@ -117,5 +117,5 @@ def test_resnet18_fpn_equals_torchvision(tiny_cfg, tmp_path, min_size, max_size)
     det = _detector(tv, cfg, tmp_path)
     with torch.no_grad():
         _check(det, images, tv(images), torch.tensor([1, 5, 9]), batch_size=3)
-        det.fuse = True
+        det.fast = True
         _check(det, images[1:2], tv(images[1:2]), torch.tensor([1, 5, 9]))

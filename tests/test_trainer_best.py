@@ -44,10 +44,10 @@ def test_evaluate_in_train_mode_would_fail_the_check(data_root, tmp_path, monkey
     # The old behaviour (predictions drawn in train mode) must be caught by the test above.
     import contextlib
     monkeypatch.setattr(detector_module, "eval_mode", lambda model: contextlib.nullcontext())
-    # and the model itself runs, not the BatchNorm-folded copy (folding uses the running statistics)
-    monkeypatch.setattr(detector_module, "fuse_for_inference", lambda model, **options: model)
+    # and the model itself runs (model.fast: false), not the BatchNorm-folded copy (folding uses the running
+    # statistics)
     trainer = Trainer(load_config(None, tiny_overrides(data_root, tmp_path, **{
-        "model.backbone.norm": "bn", "train.vis_images": 1, "evaluation.report": "false"})))
+        "model.backbone.norm": "bn", "train.vis_images": 1, "evaluation.report": "false", "model.fast": "false"})))
     trainer.model.train()
     before = _bn_state(trainer.model)
     trainer.evaluate(1)

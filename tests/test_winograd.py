@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retinanet.fusion import fuse_for_inference
-from retinanet.winograd import WinogradConv2d, winograd_convs, winograd_eligible, winograd_train_conv
+from retinanet.fast.fusion import fuse_for_inference
+from retinanet.fast.winograd import WinogradConv2d, winograd_convs, winograd_eligible, winograd_train_conv
 
 
 def _oracle(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -140,8 +140,8 @@ def test_training_gradients_equal_the_direct_convolutions(n, c, k, h, w, bias, b
 def test_prepared_model_trains_through_winograd_with_the_same_gradients(monkeypatch):
     """prepare_for_training(winograd=True): same state-dict keys, loss and gradients as the plain model
     (to fp32 Winograd rounding), and fuse_for_inference turns it back into plain convs."""
-    import retinanet.fusion as fusion
-    from retinanet.fusion import prepare_for_training, _WinogradConv
+    import retinanet.fast.fusion as fusion
+    from retinanet.fast.fusion import prepare_for_training, _WinogradConv
     calls = []
     monkeypatch.setattr(fusion, "winograd_train_conv", lambda *a: calls.append(1) or winograd_train_conv(*a))
     torch.manual_seed(0)

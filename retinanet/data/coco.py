@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..preprocess import read_image, to_float_tensor
+from ..fast.records import ImageRecords, gc_paused, load_json, parse_annotations
 from .validate import CocoFormatError, check_top_level, validate_coco
-from .records import ImageRecords, gc_paused, group_by_image, load_json, parse_annotations
 
 logger = logging.getLogger(__name__)
 
@@ -81,28 +81,12 @@ class CocoDetection(Dataset):
         return [categories[k] for k in sorted(categories)], images, data["annotations"]
 
     def _build_targets(self, images: dict[int, dict], anns: list) -> None:
-        """Validates annotations; xywh -> xyxy clipped to the image, degenerate boxes dropped and counted,
-        crowds set apart as ignore regions. Vectorised: COCO train has 860k annotations."""
-        self._info = images
-        pos = {k: j for j, k in enumerate(images)}
-        n, num = len(anns), (int, float)  # type() checks: fast, and exclude bool
-        img_idx, labels = np.empty(n, np.int64), np.empty(n, np.int64)
-        crowd, xywh = np.zeros(n, bool), np.empty((n, 4), np.float64)
-        fast = parse_annotations(anns, list(images), self.cat_id_to_label)  # column-wise; None if one is off
-        if fast is not None:
-            img_idx, labels, crowd, xywh = fast
-        for i, a in enumerate(anns if fast is None else ()):  # entry by entry: names the bad entry
-            try:
-                bbox, iscrowd = a["bbox"], a.get("iscrowd", 0)
-                ok = (type(bbox) is list and len(bbox) == 4 and type(bbox[0]) in num and type(bbox[1]) in num
-                      and type(bbox[2]) in num and type(bbox[3]) in num and iscrowd in (0, 1)
-                      and type(a["image_id"]) is int and type(a["category_id"]) is int)
-                img_idx[i], labels[i] = pos[a["image_id"]], self.cat_id_to_label[a["category_id"]]
-            except (KeyError, TypeError):
-                ok = False
-            if not ok:  # pragma: no cover - validate_coco has reported every malformed annotation
-                raise self._err(f"annotations[{i}] failed the fast check only")
-            crowd[i], xywh[i] = iscrowd, bbox
+        """Annotations (validated) -> records: xywh -> xyxy clipped to the image, degenerate boxes dropped
+        and counted, crowds set apart as ignore regions. Vectorised: COCO train has 860k annotations."""
+        parsed = parse_annotations(anns, list(images), self.cat_id_to_label)  # column-wise
+        if parsed is None:  # pragma: no cover - validate_coco has reported every malformed annotation
+            raise self._err("annotations passed validation but not the column-wise parser")
+        img_idx, labels, crowd, xywh = parsed
         wh = np.array([(v["width"], v["height"]) for v in images.values()], np.float64).reshape(-1, 2)[img_idx]
         with np.errstate(invalid="ignore"):
             xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1).clip(0, np.tile(wh, 2))
@@ -115,18 +99,11 @@ class CocoDetection(Dataset):
             logger.warning("%s: dropped %d degenerate boxes (width or height < %g px after clipping, NaN or "
                            "negative), e.g. annotation %s in image %r: bbox %s", self.annotation_file, dropped,
                            MIN_ANNOTATION_SIZE, ref, images[anns[j]["image_id"]]["file_name"], anns[j]["bbox"])
-        xyxy = xyxy.astype(np.float32)
-        # Flat buffers, not per-image objects: forked loader workers then share them (data/records.py).
-        fg, cr = ~bad & ~crowd, ~bad & crowd
-        boxes, box_offsets = group_by_image(img_idx[fg], xyxy[fg], len(images))
-        labs, _ = group_by_image(img_idx[fg], labels[fg], len(images))
-        crowds, crowd_offsets = group_by_image(img_idx[cr], xyxy[cr], len(images))
-        self._records = ImageRecords(list(images), [v["file_name"] for v in images.values()],
-                                     [(v["height"], v["width"]) for v in images.values()], boxes, labs,
-                                     box_offsets, crowds, crowd_offsets)
-        del self._info  # the per-image dicts: the records hold the same
+        # Flat buffers, not per-image objects: forked loader workers then share them (fast/records.py).
+        keep = ~bad
+        self._records = ImageRecords(images, img_idx[keep], xyxy[keep].astype(np.float32), labels[keep], crowd[keep])
         self.stats: dict[str, int] = dict(
-            images=len(images), annotations=n, degenerate_dropped=dropped, crowd=int(cr.sum()),
+            images=len(images), annotations=len(anns), degenerate_dropped=dropped, crowd=int(crowd[keep].sum()),
             empty_images=int((self._records.num_boxes() == 0).sum()), filtered_empty=0, skipped_images=0)
 
     # ------------------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ from ..jsonio import dumps_finite, write_json
 from ..evaluation.report import report_from_evaluator
 from ..model import count_parameters
 from ..schedules import gamma_at
-from ..fusion import prepare_for_training
-from .amp import autocast_dtype, grad_scaler, uses_channels_last, uses_winograd
+from .. import fast
+from .amp import autocast_dtype, grad_scaler
 from .best import BestTracker
 from .distributed import all_reduce_max, barrier, init_distributed, is_main
 from .logs import draw_val_predictions, setup_logging
@@ -73,12 +73,12 @@ class Trainer:
         if cfg.solver.ims_per_batch % self.world:
             raise ValueError(f"solver.ims_per_batch ({cfg.solver.ims_per_batch}) must be divisible by the number "
                              f"of processes ({self.world})")
-        self.channels_last = uses_channels_last(self.device, cfg.train.amp)  # amp.py says when each pays
         model = build_model(cfg)
         if cfg.model.weights and not (resume and (self.output / "checkpoints" / "last.pth").is_file()):
             load_matching(model, read_detector_weights(cfg.model.weights), cfg.model.weights)  # fine-tuning
-        model = prepare_for_training(model, self.channels_last,  # same keys, faster
-                                     winograd=uses_winograd(self.device)).to(self.device)
+        if cfg.model.fast:  # the same parameters, keys and gradients (retinanet/fast/)
+            model = fast.for_training(model, self.device, amp=bool(cfg.train.amp))
+        model = model.to(self.device)
         if cfg.model.backbone.norm == "syncbn" and self.world > 1:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
@@ -262,8 +262,6 @@ class Trainer:
         if len(batch["targets"]) == 0:  # every image of this batch was unreadable
             return {"loss": float("nan")}
         images = batch["images"].to(self.device, non_blocking=True)  # async from pinned memory to a GPU: untested here
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
         targets = [{k: v.to(self.device) for k, v in t.items()} for t in batch["targets"]]
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             outputs = self.ddp(images)

@@ -23,7 +23,7 @@ from ..jsonio import write_json
 from .ground_truth import METRIC_NAMES, metrics_of_nothing, warn_dense, warn_if_undefined
 
 logger = logging.getLogger(__name__)
-from ..data.records import load_json
+from ..fast.records import load_json
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
 

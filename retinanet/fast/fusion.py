@@ -4,8 +4,7 @@ convolutions (``winograd.py``); for inference (``fuse_for_inference``) and train
 (``prepare_for_training``, where the folding is recomputed every step because the convs still train).
 
 ``fuse_for_inference`` returns a *copy*: the caller's model, its parameters and its state-dict keys
-stay as they are (checkpoints, training and export see the original). The Detector keeps such a copy
-next to its model and rebuilds it when the model's weights change (see ``weights_version``).
+stay as they are (checkpoints, training and export see the original).
 
 Why it pays on a CPU: a frozen BatchNorm after a conv is a full extra read and write of every
 activation map (``x * scale + shift``); folded into the conv weights (``w * scale``, bias
@@ -19,6 +18,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from .winograd import winograd_convs, winograd_eligible, winograd_train_conv
@@ -33,37 +33,18 @@ def _affine(norm: nn.Module) -> tuple[Tensor, Tensor]:
     return scale, norm.bias - norm.running_mean * scale
 
 
-@torch.no_grad()
-def fold_norm_into_conv(conv: nn.Conv2d, norm: nn.Module) -> None:
-    """Rewrites ``conv`` in place so that ``conv(x) == norm(old_conv(x))`` (up to float rounding)."""
-    scale, shift = _affine(norm)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
-    conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-    conv.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
-
-
-def _fold_children(module: nn.Module) -> int:
-    """Folds every (conv, norm) pair directly under ``module``: consecutive entries of an
-    nn.Sequential (torchvision's downsample and Conv2dNormActivation), or attributes named
-    ``convN``/``bnN`` (torchvision's ResNet stem, BasicBlock and Bottleneck, whose forward calls
-    them in that order). The norm becomes an Identity. Returns the number of pairs folded."""
-    folded = 0
+def _pairs(module: nn.Module) -> list[tuple[nn.Conv2d, nn.Module, str]]:
+    """(conv, norm, the norm's name) for each conv followed by a BatchNorm directly under ``module``:
+    consecutive entries of an nn.Sequential (torchvision's downsample and Conv2dNormActivation), or
+    attributes named ``convN``/``bnN`` (torchvision's ResNet stem, BasicBlock and Bottleneck, whose
+    forward calls them in that order)."""
     if isinstance(module, nn.Sequential):
         items = list(module._modules.items())
-        for (_, a), (name_b, b) in zip(items, items[1:]):
-            if isinstance(a, nn.Conv2d) and isinstance(b, _NORMS):
-                fold_norm_into_conv(a, b)
-                module._modules[name_b] = nn.Identity()
-                folded += 1
+        pairs = [(a, b, name_b) for (_, a), (name_b, b) in zip(items, items[1:])]
     else:
-        for name, child in list(module.named_children()):
-            if name.startswith("conv") and isinstance(child, nn.Conv2d):
-                norm = getattr(module, "bn" + name[4:], None)
-                if isinstance(norm, _NORMS):
-                    fold_norm_into_conv(child, norm)
-                    setattr(module, "bn" + name[4:], nn.Identity())
-                    folded += 1
-    return folded + sum(_fold_children(c) for c in module.children())
+        pairs = [(c, getattr(module, "bn" + n[4:], None), "bn" + n[4:]) for n, c in module.named_children()
+                 if n.startswith("conv")]
+    return [(c, n, name) for c, n, name in pairs if isinstance(c, nn.Conv2d) and isinstance(n, _NORMS)]
 
 
 def fuse_for_inference(model: nn.Module, channels_last: bool = True, winograd: bool = False) -> nn.Module:
@@ -75,7 +56,11 @@ def fuse_for_inference(model: nn.Module, channels_last: bool = True, winograd: b
     _undo_training_rewrite(fused)  # a model rewritten by prepare_for_training: back to conv, then norm
     for p in fused.parameters():
         p.requires_grad_(False)
-    _fold_children(fused)
+    for m in list(fused.modules()):
+        for conv, norm, name in _pairs(m):  # conv(x) := norm(conv(x)), the norm becomes an Identity
+            conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean,
+                                                          norm.running_var, norm.eps, norm.weight, norm.bias)
+            setattr(m, name, nn.Identity())
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)
     if winograd:
@@ -106,11 +91,10 @@ class _ConvThenFrozenNorm(nn.Conv2d):
 
 class _WinogradConv(nn.Conv2d):
     """A wide 3x3 conv that trains through Winograd F(4x4, 3x3) on a CPU (``winograd.winograd_train_conv``):
-    4x fewer multiply-adds forward and backward. Same parameters and state-dict keys; the direct
+    fewer multiply-adds forward and backward. Same parameters and state-dict keys; the direct
     conv elsewhere (CUDA, autocast, other dtypes, maps under ``min_pixels``)."""
 
-    # Forward + backward, 2 cores, batch 2, 256 channels: 1.8x at 64x84, 1.35x at 32x42, but 0.73x at
-    # 16x21 and 0.33x at 8x11, where the backward's per-tile-position accumulations dominate.
+    # On smaller maps the backward's per-tile-position accumulations cost more than the multiply-adds saved.
     min_pixels = 1024
 
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -132,14 +116,6 @@ class _NormFoldedIntoConv(FrozenBatchNorm2d):
         return x
 
 
-def _pairs(module: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
-    """(conv, norm) pairs directly under ``module``, found as ``_fold_children`` finds them."""
-    if isinstance(module, nn.Sequential):
-        items = list(module)
-        return list(zip(items, items[1:]))
-    return [(c, getattr(module, "bn" + n[4:], None)) for n, c in module.named_children() if n.startswith("conv")]
-
-
 def prepare_for_training(model: nn.Module, channels_last: bool = True, winograd: bool = False,
                          min_channels: int = 256) -> nn.Module:
     """Rewrites ``model`` in place for faster CPU/GPU training with identical parameters, state-dict
@@ -149,7 +125,7 @@ def prepare_for_training(model: nn.Module, channels_last: bool = True, winograd:
     weights are NHWC (feed it channels_last batches). Returns ``model``. ``fuse_for_inference``
     undoes the swaps on its copy."""
     for m in list(model.modules()):
-        for conv, norm in _pairs(m):
+        for conv, norm, _ in _pairs(m):
             if type(conv) is nn.Conv2d and type(norm) is FrozenBatchNorm2d:
                 conv.__class__, norm.__class__ = _ConvThenFrozenNorm, _NormFoldedIntoConv
                 conv._frozen_norm = (norm,)  # a tuple: not registered as a second parent of the norm

@@ -8,13 +8,12 @@ outputs where the direct convolution needs 144: 4x fewer. The transforms are sma
 the tiles, which cost memory passes, not FLOPs.
 
 Why: on a CPU the detection head's 256-channel 3x3 convs already run at the machine's peak FLOP
-rate, so only fewer FLOPs make them faster (measured ~1.9x per conv on P3 of a 512x800 image, 2
-cores). Accuracy: transforms in float64 for the filters and exact small integers for the tiles;
-the outputs differ from the float64 convolution by ~1e-5 relative (the direct fp32 conv: ~2e-6),
-far below what moves a detection (``tests/test_winograd.py``). Used by the Detector's inference copy
-(``WinogradConv2d``), by training (``winograd_train_conv``, whose backward is in the Winograd domain
-too) and by ONNX export (``WinogradConv2d.traceable``). cuDNN picks Winograd kernels itself, so all
-of this is for CPUs only.
+rate, so only fewer FLOPs make them faster. Accuracy: transforms in float64 for the filters and exact
+small integers for the tiles; the outputs differ from the float64 convolution by ~1e-5 relative (the
+direct fp32 conv: ~2e-6), far below what moves a detection (``tests/test_winograd.py``). Used by the
+Detector's inference copy (``WinogradConv2d``), by training (``winograd_train_conv``, whose backward is
+in the Winograd domain too) and by ONNX export (``WinogradConv2d.traceable``). cuDNN picks Winograd
+kernels itself, so all of this is for CPUs only.
 """
 from __future__ import annotations
 

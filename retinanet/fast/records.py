@@ -5,8 +5,7 @@ Why: data-loader workers are forked. Every Python object they touch gets its ref
 written, which copies its memory page (copy-on-write), so indexing a dataset held as 118k dicts
 and 350k small arrays makes each of 4 workers slowly duplicate it (the issue Detectron2's
 ``_TorchSerializedList`` solves). Reading from a few large numpy buffers writes to no page, so the
-workers keep sharing the parent's memory. It is also smaller: COCO train's records take ~40 MB here
-against hundreds of MB as Python objects.
+workers keep sharing the parent's memory. The buffers are also much smaller than the Python objects.
 """
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ import gc
 import itertools
 import operator
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
@@ -33,25 +31,27 @@ def group_by_image(image_index: np.ndarray, values: np.ndarray, num_images: int)
 
 
 class ImageRecords:
-    """The records of ``len(image_ids)`` images, addressed by position j (file order) or image id.
+    """The records of ``images`` ({id: {"file_name", "height", "width"}}, in file order), addressed by
+    position j (file order) or image id, from M annotations: image position ``image_index`` (M,), ``boxes``
+    (M, 4) xyxy, ``labels`` (M,) and ``is_crowd`` (M,) bool; crowd boxes become the ignore regions.
 
-    ``hw`` (N, 2) int32 heights and widths; ``boxes`` (M, 4) float32 xyxy and ``labels`` (M,) int64
-    with ``box_offsets`` (N + 1,); ``crowd`` (C, 4) float32 with ``crowd_offsets`` (N + 1,). File
+    Held as ``hw`` (N, 2) int32 heights and widths; ``boxes`` (B, 4) float32 xyxy and ``labels`` (B,)
+    int64 with ``box_offsets`` (N + 1,); ``crowd`` (C, 4) float32 with ``crowd_offsets`` (N + 1,). File
     names are stored as one UTF-8 byte buffer with offsets.
     """
 
-    def __init__(self, image_ids: Sequence[int], file_names: Sequence[str], hw: np.ndarray,
-                 boxes: np.ndarray, labels: np.ndarray, box_offsets: np.ndarray,
-                 crowd: np.ndarray, crowd_offsets: np.ndarray):
-        self.image_ids = np.asarray(image_ids, np.int64)
-        encoded = [f.encode("utf-8") for f in file_names]
+    def __init__(self, images: dict[int, dict], image_index: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
+                 is_crowd: np.ndarray):
+        self.image_ids = np.fromiter(images, np.int64, count=len(images))
+        encoded = [v["file_name"].encode("utf-8") for v in images.values()]
         self._names = np.frombuffer(b"".join(encoded), np.uint8)
         self._name_offsets = np.zeros(len(encoded) + 1, np.int64)
         np.cumsum([len(e) for e in encoded], out=self._name_offsets[1:])
-        self.hw = np.ascontiguousarray(hw, np.int32).reshape(-1, 2)
-        self.boxes, self.labels = np.ascontiguousarray(boxes, np.float32), np.ascontiguousarray(labels, np.int64)
-        self.crowd = np.ascontiguousarray(crowd, np.float32)
-        self.box_offsets, self.crowd_offsets = box_offsets, crowd_offsets
+        self.hw = np.array([(v["height"], v["width"]) for v in images.values()], np.int32).reshape(-1, 2)
+        n, fg, boxes = len(images), ~is_crowd, np.asarray(boxes, np.float32)
+        self.boxes, self.box_offsets = group_by_image(image_index[fg], boxes[fg], n)
+        self.labels, _ = group_by_image(image_index[fg], np.asarray(labels, np.int64)[fg], n)
+        self.crowd, self.crowd_offsets = group_by_image(image_index[is_crowd], boxes[is_crowd], n)
         # id -> position without a dict: binary search in the sorted ids.
         self._id_order = np.argsort(self.image_ids, kind="stable")
         self._sorted_ids = self.image_ids[self._id_order]
@@ -81,16 +81,10 @@ class ImageRecords:
         c0, c1 = self.crowd_offsets[j], self.crowd_offsets[j + 1]
         return self.boxes[b0:b1].copy(), self.labels[b0:b1].copy(), self.crowd[c0:c1].copy()
 
-    def nbytes(self) -> int:
-        """Bytes held by the buffers."""
-        return sum(a.nbytes for a in (self.image_ids, self._names, self._name_offsets, self.hw, self.boxes,
-                                      self.labels, self.crowd, self.box_offsets, self.crowd_offsets,
-                                      self._id_order, self._sorted_ids))
-
 
 def load_json(path: Union[str, Path]) -> Any:
-    """``json.load`` of a file, with orjson when it is installed (2-3x faster on COCO's 450 MB:
-    it parses bytes straight to objects). Files orjson rejects (NaN, Infinity) go through json, which also
+    """``json.load`` of a file, with orjson when it is installed (faster on COCO's large files: it
+    parses bytes straight to objects). Files orjson rejects (NaN, Infinity) go through json, which also
     gives the error for invalid ones."""
     with gc_paused():
         try:
@@ -104,8 +98,8 @@ def load_json(path: Union[str, Path]) -> Any:
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """No cyclic garbage collection in the block. Parsing COCO creates ~2M dicts and lists; each
-    full collection walks all of them, so collections took 60% of the parse (8.5 s -> 3.2 s
-    measured). JSON data holds no reference cycles, so nothing is left for later either."""
+    full collection walks all of them, so collections would take most of the parse. JSON data holds no
+    reference cycles, so nothing is left for later either."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -116,7 +110,7 @@ def gc_paused() -> Iterator[None]:
 
 
 def _all_types(values: Iterable, allowed: tuple) -> bool:
-    return set(map(type, values)) <= set(allowed)  # map(type) runs in C: ~20 ns an entry
+    return set(map(type, values)) <= set(allowed)  # map(type) loops in C
 
 
 def parse_annotations(anns: list, image_ids: Sequence[int], cat_id_to_label: dict[int, int]
@@ -124,11 +118,11 @@ def parse_annotations(anns: list, image_ids: Sequence[int], cat_id_to_label: dic
     """COCO annotation dicts -> (image position (M,) int64, contiguous label (M,) int64, iscrowd (M,)
     bool, bbox xywh (M, 4) float64), built column by column with C-level loops; or None when any
     entry is malformed (not a dict, missing or mistyped image_id / category_id / bbox / iscrowd,
-    unknown ids), in which case the caller's entry-by-entry check names the culprit."""
+    unknown ids); ``data.validate.validate_coco`` names the culprit."""
     try:
         if not _all_types(anns, (dict,)):
             return None
-        img = list(map(operator.itemgetter("image_id"), anns))  # map(itemgetter): ~2x a comprehension
+        img = list(map(operator.itemgetter("image_id"), anns))  # map(itemgetter) loops in C
         cat = list(map(operator.itemgetter("category_id"), anns))
         bbox = list(map(operator.itemgetter("bbox"), anns))
         crowd = [a.get("iscrowd", 0) for a in anns]
@@ -136,13 +130,13 @@ def parse_annotations(anns: list, image_ids: Sequence[int], cat_id_to_label: dic
         return None
     if not (_all_types(img, (int,)) and _all_types(cat, (int,)) and _all_types(bbox, (list,))
             and set(map(len, bbox)) <= {4} and _all_types(itertools.chain.from_iterable(bbox), (int, float))
-            and _all_types(crowd, (int,)) and set(crowd) <= {0, 1}):
+            and _all_types(crowd, (int, bool, float)) and set(crowd) <= {0, 1}):  # as validate_coco
         return None
     ids = np.asarray(image_ids, np.int64)
     order = np.argsort(ids, kind="stable")
     img = np.asarray(img, np.int64)
     k = np.searchsorted(ids[order], img).clip(0, max(len(ids) - 1, 0))
-    if len(ids) == 0 or not np.array_equal(ids[order][k], img):
+    if len(img) and (len(ids) == 0 or not np.array_equal(ids[order][k], img)):
         return None
     cat_ids = np.asarray(sorted(cat_id_to_label), np.int64)
     cat = np.asarray(cat, np.int64)
@@ -152,32 +146,3 @@ def parse_annotations(anns: list, image_ids: Sequence[int], cat_id_to_label: dic
     labels = np.asarray([cat_id_to_label[i] for i in cat_ids.tolist()], np.int64)[c]
     xywh = np.fromiter(itertools.chain.from_iterable(bbox), np.float64, count=4 * len(bbox)).reshape(-1, 4)
     return order[k], labels, np.asarray(crowd, bool), xywh
-
-
-def first_outside_root(root: Path, file_names: Sequence[str]) -> Optional[int]:
-    """Index of the first file name that resolves outside ``root`` (``..``, absolute, or a symlink
-    leading out), else None: what ``os.path.realpath`` per name tells, with one realpath per
-    directory and one directory listing (for symlinks) instead of two lstat calls per image."""
-    root = Path(os.path.realpath(root))
-    dirs: dict[str, bool] = {}
-    links: dict[str, set[str]] = {}
-    for i, name in enumerate(file_names):
-        head, _, base = name.rpartition("/")
-        if name.startswith("/") or ".." in name.split("/") or "\\" in name:
-            inside = _inside(root, os.path.realpath(root / name))
-        else:
-            if head not in dirs:
-                real = os.path.realpath(root / head)
-                dirs[head] = _inside(root, real)
-                try:
-                    links[head] = {e.name for e in os.scandir(real) if e.is_symlink()}
-                except OSError:  # a missing folder: its images fail when read, as before
-                    links[head] = set()
-            inside = dirs[head] and (base not in links[head] or _inside(root, os.path.realpath(root / name)))
-        if not inside:
-            return i
-    return None
-
-
-def _inside(root: Path, path: str) -> bool:
-    return os.path.commonpath([path, str(root)]) == str(root)
