@@ -138,3 +138,15 @@ def test_named_choices_are_checked_at_load_time():
     with pytest.raises(ConfigError, match="model.backbone.name"):
         load_config(None, ["model.backbone.name=vgg16"])
     assert load_config(None, ["model.head.norm=gn"]).model.head.norm == "gn"
+
+
+def test_code_knows_every_named_choice():
+    # The schema's Literal types are the lists; code that keeps its own table must cover exactly them.
+    from typing import get_args
+
+    from retinanet import config, criterion, modulated
+    from retinanet.engine.amp import AMP_MODES
+    assert set(AMP_MODES) == set(get_args(config.AmpMode))
+    assert set(modulated.MODULATOR_NAMES) == set(get_args(config.ModulatorName))
+    assert set(criterion.BOX_LOSSES) == set(get_args(config.BoxLoss))
+    assert set(criterion.NORMALIZERS) == set(get_args(config.Normalizer))

@@ -6,8 +6,9 @@ import torch.nn.functional as F
 import torchvision.ops
 
 from retinanet import losses
-from retinanet.losses import (alpha_balanced_bce, box_regression_loss, classification_loss, focal_loss_star,
-                              sigmoid_focal_loss, sigmoid_focal_loss_sparse, softmax_focal_loss)
+from retinanet.losses import (alpha_balanced_bce, box_regression_loss, focal_loss_star, sigmoid_focal_loss,
+                              sigmoid_focal_loss_sparse, softmax_focal_loss)
+from retinanet.modulated import classification_loss
 
 
 def _logits_targets(*shape: int, dtype=torch.float32):

@@ -11,22 +11,22 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, get_args
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from pycocotools.coco import COCO
 
+from ..config import EvalBackend, MetricName
+from ..data.records import load_json
 from ..data.validate import validate_coco, validate_results
 from ..jsonio import write_json
 
 logger = logging.getLogger(__name__)
-from ..data.records import load_json
 
-BACKENDS = ("pycocotools", "faster_coco_eval")
-# Order of COCOeval.stats for bbox.
-METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
+BACKENDS = get_args(EvalBackend)
+METRIC_NAMES = get_args(MetricName)  # in the order of COCOeval.stats for bbox
 
 
 def _read_json(path: Path, what: str) -> Any:
