@@ -14,12 +14,10 @@ import glob
 import sys
 from pathlib import Path
 
+from ..data.labels import IMAGE_EXTENSIONS
 from ..jsonio import write_json
 from ..video import VIDEO_SUFFIXES
 from . import positive_int
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (default: the one stored in the checkpoint)")
@@ -42,7 +40,7 @@ def collect_inputs(patterns: list[str]) -> tuple[list[Path], list[str]]:
     for pattern in patterns:
         p = Path(pattern)
         if p.is_dir():
-            hits = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
+            hits = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() in (*IMAGE_EXTENSIONS, *VIDEO_SUFFIXES)]
         elif p.exists():
             hits = [p]
         else:

@@ -3,7 +3,7 @@
 pycocotools trusts its input: a NaN box matches everything, a duplicate image id or a category id
 missing from ``categories`` moves AP without a word, a missing key ends in a KeyError deep inside
 ``createIndex``. Every file we read goes through here first. A file's problems are reported
-together (the first ``MAX_LISTED`` and a count), each naming the file, the entry and the field.
+together (the first 20 and a count), each naming the file, the entry and the field.
 
 Policy, by ``purpose``:
 
@@ -22,7 +22,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-MAX_LISTED = 20
+from .labels import Problems, inside_root
+
 _NUM = (int, float)  # exact type() checks first: fast, and they exclude bool
 
 
@@ -30,25 +31,8 @@ class CocoFormatError(ValueError):
     """A COCO-format file is malformed; the message names the file, the entries and the fields."""
 
 
-class Problems:
-    """Collects a file's problems, to report them together."""
-
-    def __init__(self, source: Union[str, Path]):
-        self.source = str(source)
-        self.items: list[str] = []
-
-    def add(self, where: str, msg: str) -> None:
-        self.items.append(f"{where}: {msg}" if where else msg)
-
-    def raise_if_any(self) -> None:
-        """Raises one CocoFormatError listing the first MAX_LISTED problems and how many there are."""
-        n = len(self.items)
-        if not n:
-            return
-        head = "; ".join(self.items[:MAX_LISTED])
-        more = f"; ... and {n - MAX_LISTED} more" if n > MAX_LISTED else ""
-        count = f"{n} problems: " if n > 1 else ""
-        raise CocoFormatError(f"{self.source}: {count}{head}{more}")
+def _problems(source: Union[str, Path]) -> Problems:
+    return Problems(source, CocoFormatError)
 
 
 def _is_num(v: Any) -> bool:
@@ -93,7 +77,7 @@ def _fields(p: Problems, where: str, entry: Any, checks: dict) -> bool:
 
 def check_top_level(data: Any, source: Union[str, Path]) -> None:
     """The file is an object with ``images``, ``annotations`` and ``categories`` lists."""
-    p = Problems(source)
+    p = _problems(source)
     if not isinstance(data, dict):
         p.add("", f"top level must be an object, got {type(data).__name__}")
     else:
@@ -105,19 +89,12 @@ def check_top_level(data: Any, source: Union[str, Path]) -> None:
     p.raise_if_any()
 
 
-def outside_root(file_name: str, root: Union[str, Path]) -> bool:
-    """True when ``root/file_name`` resolves outside ``root`` ('..', an absolute name, a symlink out)."""
-    real_root = os.path.realpath(root)
-    path = os.path.realpath(os.path.join(real_root, file_name))
-    return os.path.commonpath([path, real_root]) != real_root
-
-
 def check_image_paths(images: Iterable[dict], root: Union[str, Path], source: Union[str, Path]) -> None:
     """Every ``file_name`` stays inside the image root, so evaluation never opens another file."""
-    p = Problems(source)
+    p = _problems(source)
     real_root = os.path.realpath(root)
     for i, im in enumerate(images):
-        if outside_root(im["file_name"], real_root):
+        if inside_root(real_root, im["file_name"]) is None:
             p.add(_where("images", i, im), f"file_name {im['file_name']!r} resolves outside the image root {real_root}")
     p.raise_if_any()
 
@@ -144,7 +121,7 @@ def validate_coco(data: Any, source: Union[str, Path], purpose: str = "gt",
     if purpose not in ("train", "gt"):
         raise ValueError(f"purpose must be 'train' or 'gt', got {purpose!r}")
     check_top_level(data, source)
-    p = Problems(source)
+    p = _problems(source)
     gt = purpose == "gt"
     cat_ids: set = set()
     for i, c in enumerate(data["categories"]):
@@ -170,7 +147,7 @@ def validate_coco(data: Any, source: Union[str, Path], purpose: str = "gt",
         if im["id"] in image_ids:
             p.add(where, "duplicate image id")
         image_ids.add(im["id"])
-        if real_root is not None and outside_root(im["file_name"], real_root):
+        if real_root is not None and inside_root(real_root, im["file_name"]) is None:
             p.add(where, f"file_name {im['file_name']!r} resolves outside the image root {real_root}")
 
     counts = {"zero_size": 0, "missing_area": 0}
@@ -226,7 +203,7 @@ def validate_results(results: Any, source: Union[str, Path], image_ids: Iterable
                      category_ids: Iterable[int]) -> None:
     """A COCO results list: each entry an object with an ``image_id`` and a ``category_id`` of the
     ground truth, ``bbox`` [x, y, w, h] of finite numbers with w, h >= 0 and a finite ``score``."""
-    p = Problems(source)
+    p = _problems(source)
     if not isinstance(results, list):
         p.add("", f"expected a JSON list of COCO results, got {type(results).__name__}")
         p.raise_if_any()
