@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from ..detector import Detector
+    from ..runtime import load_detector
     from ..evaluation import to_coco_results
     from ..preprocess import read_image
     from ..visualize import draw_detections
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if any(p.resolve().parent == out.resolve() for p in paths):  # drawn images keep their input's name
         print(f"retinanet infer: error: --output {out} holds input images; choose another folder", file=sys.stderr)
         return 2
-    detector = Detector.from_config(args.config, args.weights, args.device, args.overrides)
+    detector = load_detector(args.weights, args.config, args.device, args.overrides)
     out.mkdir(parents=True, exist_ok=True)
     predictions, failed, used = [], [], set()
     from ..video import VideoError, infer_video, is_video
