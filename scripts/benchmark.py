@@ -98,7 +98,7 @@ def loader_images_per_s(root: str, size: int, batches: int = 20) -> Optional[tup
         return None
     cfg = load_config(CONFIG, [f"input.min_size_train=[{size}]", f"data.train.images={images}",
                                f"data.train.annotations={ann}"])
-    loader = iter(build_train_loader(cfg, build_dataset(cfg, "train", train=True)))
+    loader = iter(build_train_loader(cfg, build_dataset(cfg, "train")))
     next(loader)  # workers started
     start, n = time.perf_counter(), 0
     for _ in range(batches):

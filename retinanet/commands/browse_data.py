@@ -58,15 +58,11 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ..data.loader import build_dataset
-    from ..data.coco import CocoDetection
-    from ..data.transforms import build_transforms
     from ..evaluation.report_plots import histogram_plot
     from ..visualize import draw_detections
     cfg = load_config(args.config, args.overrides)
     ds_cfg = getattr(cfg.data, args.split)
-    build_dataset(cfg, args.split, train=False)  # checks the paths; generates the demo data when asked
-    transform = build_transforms(cfg.input, train=True) if args.augment else None
-    ds = CocoDetection(ds_cfg.images, ds_cfg.annotations, transform, skip_bad_images=True)
+    ds = build_dataset(cfg, args.split, augment=args.augment)  # generates the demo data when asked
     names = [c["name"] for c in ds.categories]
     out = Path(args.output)
     (out / "images").mkdir(parents=True, exist_ok=True)

@@ -83,26 +83,11 @@ class CocoDetection(Dataset):
     def _build_targets(self, images: dict[int, dict], anns: list) -> None:
         """Validates annotations; xywh -> xyxy clipped to the image, degenerate boxes dropped and counted,
         crowds set apart as ignore regions. Vectorised: COCO train has 860k annotations."""
-        self._info = images
-        pos = {k: j for j, k in enumerate(images)}
-        n, num = len(anns), (int, float)  # type() checks: fast, and exclude bool
-        img_idx, labels = np.empty(n, np.int64), np.empty(n, np.int64)
-        crowd, xywh = np.zeros(n, bool), np.empty((n, 4), np.float64)
-        fast = parse_annotations(anns, list(images), self.cat_id_to_label)  # column-wise; None if one is off
-        if fast is not None:
-            img_idx, labels, crowd, xywh = fast
-        for i, a in enumerate(anns if fast is None else ()):  # entry by entry: names the bad entry
-            try:
-                bbox, iscrowd = a["bbox"], a.get("iscrowd", 0)
-                ok = (type(bbox) is list and len(bbox) == 4 and type(bbox[0]) in num and type(bbox[1]) in num
-                      and type(bbox[2]) in num and type(bbox[3]) in num and iscrowd in (0, 1)
-                      and type(a["image_id"]) is int and type(a["category_id"]) is int)
-                img_idx[i], labels[i] = pos[a["image_id"]], self.cat_id_to_label[a["category_id"]]
-            except (KeyError, TypeError):
-                ok = False
-            if not ok:  # pragma: no cover - validate_coco has reported every malformed annotation
-                raise self._err(f"annotations[{i}] failed the fast check only")
-            crowd[i], xywh[i] = iscrowd, bbox
+        n = len(anns)
+        parsed = parse_annotations(anns, list(images), self.cat_id_to_label)
+        if parsed is None:  # pragma: no cover - validate_coco accepts only what the parser reads
+            raise self._err("an annotation passed validation but not the parser")
+        img_idx, labels, crowd, xywh = parsed
         wh = np.array([(v["width"], v["height"]) for v in images.values()], np.float64).reshape(-1, 2)[img_idx]
         with np.errstate(invalid="ignore"):
             xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1).clip(0, np.tile(wh, 2))
@@ -124,7 +109,6 @@ class CocoDetection(Dataset):
         self._records = ImageRecords(list(images), [v["file_name"] for v in images.values()],
                                      [(v["height"], v["width"]) for v in images.values()], boxes, labs,
                                      box_offsets, crowds, crowd_offsets)
-        del self._info  # the per-image dicts: the records hold the same
         self.stats: dict[str, int] = dict(
             images=len(images), annotations=n, degenerate_dropped=dropped, crowd=int(cr.sum()),
             empty_images=int((self._records.num_boxes() == 0).sum()), filtered_empty=0, skipped_images=0)

@@ -93,13 +93,9 @@ class DetectionTransform:
                 torch.from_numpy(all_labels[~crowd]), torch.from_numpy(all_boxes[crowd]))
 
 
-def build_transforms(input_cfg: InputConfig, train: bool) -> DetectionTransform:
-    """Train: random short side from ``min_size_train``, ``max_size_train``, flip, optional jitter.
-    Test: ``min_size_test`` / ``max_size_test``, deterministic."""
-    if train:
-        m: Union[int, tuple[int, ...]] = input_cfg.min_size_train
-        return DetectionTransform((m,) if isinstance(m, int) else m, input_cfg.max_size_train,
-                                  input_cfg.pixel_mean, input_cfg.pixel_std, input_cfg.flip_prob,
-                                  input_cfg.color_jitter)
-    return DetectionTransform((input_cfg.min_size_test,), input_cfg.max_size_test,
-                              input_cfg.pixel_mean, input_cfg.pixel_std)
+def build_transforms(input_cfg: InputConfig) -> DetectionTransform:
+    """The training transform: random short side from ``min_size_train``, at most ``max_size_train``,
+    flip, optional colour jitter. (Evaluation and inference resize in ``preprocess.py``.)"""
+    m: Union[int, tuple[int, ...]] = input_cfg.min_size_train
+    return DetectionTransform((m,) if isinstance(m, int) else m, input_cfg.max_size_train, input_cfg.pixel_mean,
+                              input_cfg.pixel_std, input_cfg.flip_prob, input_cfg.color_jitter)

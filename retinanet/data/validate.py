@@ -46,6 +46,10 @@ def _is_int(v: Any) -> bool:
     return t is int or (t is not bool and isinstance(v, numbers.Integral) and "bool" not in t.__name__)
 
 
+def _is_crowd_flag(v: Any) -> bool:
+    return _is_int(v) and v in (0, 1)  # not True or 1.0: the dataset's column-wise parser takes ints only
+
+
 def _is_pos_int(v: Any) -> bool:
     return _is_int(v) and v > 0
 
@@ -157,7 +161,7 @@ def validate_coco(data: Any, source: Union[str, Path], purpose: str = "gt",
             b = a["bbox"]
             ok = (_bbox_ok(b) and _is_int(a["image_id"]) and a["image_id"] in image_ids
                   and _is_int(a["category_id"]) and a["category_id"] in cat_ids
-                  and a.get("iscrowd", 0) in (0, 1) and (not gt or _is_int(a["id"])))
+                  and _is_crowd_flag(a.get("iscrowd", 0)) and (not gt or _is_int(a["id"])))
         except (KeyError, TypeError, AttributeError):
             ok = False
         if not ok:
@@ -195,8 +199,8 @@ def _annotation_problems(p: Problems, i: int, a: Any, image_ids: set, cat_ids: s
         p.add(where, f"category_id {a['category_id']} is not in 'categories'")
     if not _bbox_ok(a.get("bbox")):
         p.add(where, f"bbox must be 4 numbers [x, y, w, h], got {a.get('bbox')!r}"[:200])
-    if a.get("iscrowd", 0) not in (0, 1):
-        p.add(where, f"iscrowd must be 0 or 1, got {a.get('iscrowd')!r}")
+    if not _is_crowd_flag(a.get("iscrowd", 0)):
+        p.add(where, f"iscrowd must be 0 or 1 (an int), got {a.get('iscrowd')!r}")
 
 
 def validate_results(results: Any, source: Union[str, Path], image_ids: Iterable[int],
