@@ -57,8 +57,8 @@ def export_model(detector: Detector, path: Union[str, Path], fmt: str = "onnx", 
                  winograd: bool = True) -> Path:
     """Writes the detector's network as ONNX or TorchScript with dynamic batch
     and image size; its config and categories go into the file. With ``winograd`` (ONNX only), the
-    wide 3x3 convs are written as Winograd F(4x4, 3x3) (``winograd.py``): ~1.1x faster in
-    onnxruntime on a CPU, slower on GPU runtimes, which choose their own conv algorithms."""
+    wide 3x3 convs are written as Winograd F(4x4, 3x3) (``winograd.py``): fewer multiplications, which
+    pays in onnxruntime on a CPU but not in GPU runtimes, which choose their own conv algorithms."""
     if fmt not in FORMATS:
         raise ValueError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     if not isinstance(detector.model, RetinaNet):

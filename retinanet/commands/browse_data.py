@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config_loader import load_config
+from ..jsonio import write_json
 from . import positive_int
 
 SIZE_BUCKETS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2), ("large", 96.0 ** 2, float("inf")))
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         drawn += 1
     summary = {"split": args.split, "annotations": ds_cfg.annotations, "augment": args.augment,
                **box_summary(json.loads(Path(ds_cfg.annotations).read_text()))}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary, indent=2)
     (out / "histogram.png").write_bytes(histogram_plot(summary["per_class"], summary["per_size"], args.split))
     print(json.dumps({k: summary[k] for k in ("images", "boxes", "per_class", "per_size")}))
     print(f"drew {drawn} image(s) -> {out / 'images'}; wrote {out / 'summary.json'} and {out / 'histogram.png'}",

@@ -16,6 +16,7 @@ from typing import Any, Optional, Union, get_args
 import numpy as np
 import torch
 import torch.distributed as dist
+from torchvision.ops import box_convert
 from pycocotools.coco import COCO
 
 from ..config import EvalBackend, MetricName
@@ -72,7 +73,7 @@ def to_coco_results(image_id: int, detection: dict) -> list[dict]:
     """One image's detections (``boxes`` (D, 4) xyxy, ``scores`` (D,), ``labels`` (D,) dataset
     category ids) -> COCO results entries with xywh boxes."""
     boxes = torch.as_tensor(detection["boxes"], dtype=torch.float64).reshape(-1, 4)
-    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    xywh = box_convert(boxes, "xyxy", "xywh").tolist()
     scores = torch.as_tensor(detection["scores"]).tolist()
     labels = torch.as_tensor(detection["labels"]).tolist()
     return [{"image_id": int(image_id), "category_id": int(c), "bbox": [round(v, 3) for v in b], "score": round(s, 5)}
