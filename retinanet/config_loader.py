@@ -1,8 +1,10 @@
 """Reading configs: YAML files (with ``_base_`` chains) and ``key.sub=value`` overrides, type-checked
 into the dataclasses of ``config``; and writing them back as plain dicts and YAML.
 
-Every value is checked against its annotation, and an unknown key is an error that names the key
-and suggests the closest valid one. Configs stored by older versions are upgraded (``upgrade``).
+Every value is checked against its annotation (a ``Literal`` lists the allowed names), and an unknown
+key is an error that names the key and suggests the closest valid one. Configs stored by older
+versions are upgraded (``upgrade``). ``load_config`` is the one way in: a file, a Config or a
+checkpoint's stored config, with overrides, merged, checked and validated in one pass.
 """
 from __future__ import annotations
 
@@ -213,8 +215,3 @@ def dump_config(cfg: Config, path: Optional[Union[str, Path]] = None) -> str:
     if path is not None:
         Path(path).write_text(text)
     return text
-
-
-def from_dict(data: dict) -> Config:
-    """A Config from its stored dict form (e.g. a checkpoint's ``config``), upgraded and validated."""
-    return load_config(data)
