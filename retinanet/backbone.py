@@ -6,16 +6,18 @@ unchanged into ``body``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, get_args
 
 import torch
 import torchvision
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-BACKBONES = RESNETS + ("mobilenet_v2",)
-NORMS = ("frozen_bn", "bn", "syncbn")
+from .config import BackboneName, BackboneNorm
+
+BACKBONES = get_args(BackboneName)
+RESNETS = tuple(name for name in BACKBONES if name.startswith("resnet"))
+NORMS = get_args(BackboneNorm)
 
 
 def _norm_layer(norm: str) -> Callable[..., nn.Module]:

@@ -15,7 +15,7 @@ from .anchors import AnchorGenerator
 from .backbone import build_backbone
 from .box_coder import BoxCoder
 from .config import Config, ConfigError
-from .config_loader import from_dict, load_config, merge_dict, parse_overrides, to_dict
+from .config_loader import load_config, to_dict
 from .criterion import RetinaNetLoss, dense_class_loss
 from .fast.focal import sparse_focal_loss
 from .fpn import FPN
@@ -103,10 +103,8 @@ def resolve_config(config: ConfigSource, overrides: Sequence[str] = (), checkpoi
     ``checkpoint``) plus ``overrides``, with its classes settled: the checkpoint's categories, else
     the config's own, else (with ``classes_from_val``) those of data.val.annotations."""
     checkpoint = checkpoint or {}
-    if config:
-        cfg = load_config(config, list(overrides))
-    elif "config" in checkpoint:
-        cfg = load_config(merge_dict(from_dict(checkpoint["config"]), parse_overrides(list(overrides))))
+    if config or "config" in checkpoint:
+        cfg = load_config(config or checkpoint["config"], overrides)
     else:
         raise ValueError("a config is needed: pass --config, or a checkpoint written by `retinanet train`")
     stored = checkpoint.get("categories")

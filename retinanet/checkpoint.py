@@ -10,15 +10,15 @@ import errno
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Union
 
 import torch
 from torch import nn
 
+from .jsonio import TMP_SUFFIX, atomic_write
+
 FORMAT = "retinanet-v1"
-TMP_SUFFIX = ".tmp"
 
 
 class CheckpointError(ValueError):
@@ -50,22 +50,15 @@ def save_checkpoint(path: Union[str, Path], payload: dict[str, Any]) -> None:
     bad = nonfinite_tensors(payload["model"]) if isinstance(payload.get("model"), dict) else []
     if bad:
         raise NonFiniteWeightsError(f"not writing {path}: the model's {_nonfinite_message(bad)}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=TMP_SUFFIX)
-    except OSError as e:
-        raise OSError(e.errno, f"cannot write checkpoint {path}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             torch.save({"format": FORMAT, **payload}, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, (OSError, RuntimeError)):
-            raise _write_error(path, e) from None
-        raise
+    try:
+        atomic_write(path, write)
+    except (OSError, RuntimeError) as e:
+        raise _write_error(path, e) from None
 
 
 def _write_error(path: Path, e: BaseException) -> OSError:

@@ -58,7 +58,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def _one_line(e: BaseException) -> str:
     """The message of ``e``: an OSError as one line "PATH: cause" (its str() is "[Errno 28] ..."); others
-    as written, so that a list of a file's problems keeps one problem per line."""
+    as written (a file's problems come as one line from ``data.labels.Problems``, a hint may follow)."""
     if isinstance(e, OSError) and e.strerror:
         where = f"{e.filename}: " if e.filename else ""
         return f"{where}{e.strerror}"

@@ -1,13 +1,29 @@
 """The config schema: frozen dataclasses hold every setting and its default; ``validate`` checks values.
 
-Defaults follow the paper and Detectron2 (RetinaNet R50-FPN 1x). Reading YAML files and
-``key.sub=value`` overrides into these classes is ``config_loader``'s job.
+Defaults follow the paper and Detectron2 (RetinaNet R50-FPN 1x). A key that takes one of a few names
+has a ``Literal`` type below; the modules that implement the names read their lists from here. Reading
+YAML files and ``key.sub=value`` overrides into these classes, checked against the types, is
+``config_loader``'s job. This module imports nothing of the package: the schema does not depend on
+the code it configures.
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Literal, Optional, Union
+
+BackboneName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v2"]
+# syncbn: BatchNorm synchronised across processes under DDP
+BackboneNorm = Literal["frozen_bn", "bn", "syncbn"]
+P6Source = Literal["c5", "p5"]  # c5 (paper, Detectron2) | p5 (torchvision v1)
+HeadNorm = Literal["", "gn"]
+ClassLoss = Literal["focal", "focal_star", "bce", "alpha_bce", "modulated", "poly1_focal"]
+ModulatorName = Literal["power", "cos", "exp", "exp_sq"]
+GammaSchedule = Literal["constant", "linear", "cosine", "step"]
+BoxLoss = Literal["l1", "smooth_l1", "giou"]  # giou: torchvision v2
+Normalizer = Literal["batch", "ema", "image"]  # image: torchvision
+AmpMode = Literal["", "fp16", "bf16"]  # fp16: CUDA, with GradScaler
+EvalBackend = Literal["pycocotools", "faster_coco_eval"]  # faster_coco_eval: C++, the same AP
+MetricName = Literal["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"]  # COCOeval.stats order
 
 
 class ConfigError(ValueError):
@@ -16,22 +32,22 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    name: str = "resnet50"  # resnet18/34/50/101/152 or mobilenet_v2
+    name: BackboneName = "resnet50"
     weights: str = ""  # a local state-dict file, a torchvision weights name, or "" (random init)
-    norm: str = "frozen_bn"  # frozen_bn | bn | syncbn (BatchNorm synchronised across processes under DDP)
+    norm: BackboneNorm = "frozen_bn"
     freeze_at: int = 2  # 0: nothing frozen, 1: stem, 2: stem + res2, ... (Detectron2 semantics)
 
 
 @dataclass(frozen=True)
 class FPNConfig:
     channels: int = 256
-    p6_from: str = "c5"  # c5 (paper, Detectron2) | p5 (torchvision v1)
+    p6_from: P6Source = "c5"
 
 
 @dataclass(frozen=True)
 class HeadConfig:
     num_convs: int = 4
-    norm: str = ""  # "" | gn
+    norm: HeadNorm = ""
     prior_prob: float = 0.01
     prior_init: bool = True  # class bias = -log((1 - pi) / pi); False leaves it at 0
 
@@ -54,24 +70,24 @@ class MatcherConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    cls_loss: str = "focal"  # focal | focal_star | bce | alpha_bce | modulated | poly1_focal
+    cls_loss: ClassLoss = "focal"
     alpha: float = 0.25  # < 0 disables alpha weighting
     # Focal gamma at iteration 0. gamma_schedule decides how it moves (schedules.gamma_at):
     # constant; linear or cosine from gamma to gamma_end over training; step: gamma_values[i] from
     # iteration gamma_steps[i] on.
     gamma: float = 2.0
-    gamma_schedule: str = "constant"
+    gamma_schedule: GammaSchedule = "constant"
     gamma_end: float = 2.0
     gamma_steps: tuple[int, ...] = ()
     gamma_values: tuple[float, ...] = ()
     beta: float = 1.0  # FL* shift
-    modulator: str = "power"  # modulated only: power (= focal) | cos | exp | exp_sq
+    modulator: ModulatorName = "power"  # modulated only; power is the focal term
     poly_epsilon: float = 1.0  # poly1_focal only: FL + poly_epsilon * (1 - p_t)^(gamma + 1)
     # l1: Detectron2's RetinaNet configs (SMOOTH_L1_LOSS_BETA 0), MMDetection and torchvision v1.
-    box_loss: str = "l1"  # l1 | smooth_l1 | giou (torchvision v2)
+    box_loss: BoxLoss = "l1"
     smooth_l1_beta: float = 0.1  # smooth_l1 only (the paper's Detectron: 0.11); 0 is L1
     box_weight: float = 1.0
-    normalize: str = "batch"  # batch | ema | image (torchvision)
+    normalize: Normalizer = "batch"
     ema_momentum: float = 0.9
 
 
@@ -166,20 +182,20 @@ class TrainConfig:
     output_dir: str = "output"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 42
-    amp: str = ""  # "" | fp16 (CUDA, with GradScaler) | bf16
+    amp: AmpMode = ""  # "": fp32
     checkpoint_period: int = 5000
     keep_last: int = 3
     eval_period: int = 0  # 0: only at the end
     log_period: int = 20
     skip_nonfinite: bool = False  # True: skip a step with a NaN/Inf loss instead of stopping
     vis_images: int = 4  # val images drawn to TensorBoard after each evaluation
-    best_metric: str = "AP"  # model_best.pth keeps the weights with the highest value of this metric
+    best_metric: MetricName = "AP"  # model_best.pth keeps the weights with the highest value of this metric
     patience: int = 0  # stop after this many evaluations without improvement of best_metric; 0 disables
 
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    backend: str = "faster_coco_eval"  # faster_coco_eval (C++, same AP, ~4x faster) | pycocotools
+    backend: EvalBackend = "faster_coco_eval"
     tta: bool = False
     tta_flip: bool = True
     tta_min_sizes: tuple[int, ...] = ()  # empty: only min_size_test
@@ -209,40 +225,18 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
 
-def _choices() -> dict[str, tuple]:
-    """Keys whose value is one of a few names, with the list owned by the code that uses them."""
-    from .backbone import BACKBONES, NORMS
-    from .criterion import BOX_LOSSES, NORMALIZERS
-    from .engine.amp import AMP_MODES
-    from .evaluation.coco_evaluator import BACKENDS, METRIC_NAMES
-    from .fpn import P6_SOURCES
-    from .head import HEAD_NORMS
-    from .losses import CLASS_LOSSES
-    from .modulated import MODULATOR_NAMES
-    from .schedules import GAMMA_SCHEDULES
-    return {"model.backbone.name": BACKBONES, "model.backbone.norm": NORMS, "model.fpn.p6_from": P6_SOURCES,
-            "model.head.norm": HEAD_NORMS, "model.loss.cls_loss": tuple(CLASS_LOSSES),
-            "model.loss.modulator": MODULATOR_NAMES,
-            "model.loss.box_loss": BOX_LOSSES, "model.loss.normalize": NORMALIZERS,
-            "model.loss.gamma_schedule": GAMMA_SCHEDULES, "train.amp": tuple(AMP_MODES),
-            "evaluation.backend": BACKENDS, "train.best_metric": METRIC_NAMES}
-
-
-def _get(cfg: Any, key: str) -> Any:
-    for part in key.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
+def gamma_steps_problem(loss: LossConfig) -> Optional[str]:
+    """Why a step gamma schedule cannot run, or None."""
+    if loss.gamma_schedule == "step" and len(loss.gamma_values) != len(loss.gamma_steps):
+        return (f"model.loss.gamma_values needs one value per entry of gamma_steps ({len(loss.gamma_values)} vs "
+                f"{len(loss.gamma_steps)}); gamma holds the value before the first")
+    return None
 
 
 def validate(cfg: Config) -> Config:
-    """Checks named choices and the values a run cannot start with; returns ``cfg`` unchanged.
-    Runs when a config is loaded, so that a bad value fails before any work, not deep inside a run."""
-    for key, allowed in _choices().items():
-        value = _get(cfg, key)
-        if value not in allowed:
-            close = difflib.get_close_matches(str(value), [a for a in allowed if a], n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(a) for a in allowed)}{hint}")
+    """Checks the values a run cannot start with (the loader has checked each value's type and
+    named choices); returns ``cfg`` unchanged. Runs when a config is loaded, so that a bad value
+    fails before any work, not deep inside a run."""
     s, loss = cfg.solver, cfg.model.loss
     problems = []
     if s.max_iter <= 0:
@@ -285,9 +279,8 @@ def validate(cfg: Config) -> Config:
         problems.append(f"evaluation.max_dets must be >= 100 (COCO's own limit), got {cfg.evaluation.max_dets}")
     if cfg.dataloader.timeout <= 0:
         problems.append(f"dataloader.timeout must be > 0 seconds, got {cfg.dataloader.timeout}")
-    if loss.gamma_schedule == "step" and len(loss.gamma_values) != len(loss.gamma_steps):
-        problems.append(f"model.loss.gamma_values needs one value per entry of gamma_steps "
-                        f"({len(loss.gamma_values)} vs {len(loss.gamma_steps)}); gamma holds the value before the first")
+    if problem := gamma_steps_problem(loss):
+        problems.append(problem)
     if problems:
         raise ConfigError("; ".join(problems))
     return cfg

@@ -1,8 +1,10 @@
 """Reading configs: YAML files (with ``_base_`` chains) and ``key.sub=value`` overrides, type-checked
 into the dataclasses of ``config``; and writing them back as plain dicts and YAML.
 
-Every value is checked against its annotation, and an unknown key is an error that names the key
-and suggests the closest valid one. Configs stored by older versions are upgraded (``upgrade``).
+Every value is checked against its annotation (a ``Literal`` lists the allowed names), and an unknown
+key is an error that names the key and suggests the closest valid one. Configs stored by older
+versions are upgraded (``upgrade``). ``load_config`` is the one way in: a file, a Config or a
+checkpoint's stored config, with overrides, merged, checked and validated in one pass.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import yaml
 
@@ -33,6 +35,15 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Checks ``value`` against the annotation ``tp`` and returns it in canonical form."""
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value is None and "" in allowed:  # an empty YAML value
+            return ""
+        if isinstance(value, str) and value in allowed:
+            return value
+        close = difflib.get_close_matches(str(value), [a for a in allowed if a], n=1, cutoff=0.5)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(repr(a) for a in allowed)}{hint}")
     if origin in (Union, types.UnionType):
         for option in typing.get_args(tp):
             if option is type(None):
@@ -124,13 +135,6 @@ def upgrade(data: dict) -> dict:
     return data
 
 
-def merge_dict(cfg: Config, updates: dict) -> Config:
-    """Returns ``cfg`` with the nested mapping ``updates`` applied and type-checked."""
-    if not isinstance(updates, dict):
-        raise ConfigError(f"a config must be a mapping at the top level, got {type(updates).__name__}")
-    return _merge(cfg, upgrade(updates))
-
-
 def parse_overrides(overrides: list[str]) -> dict:
     """Turns ``["model.num_classes=3", "solver.steps=[10,20]"]`` into a nested mapping."""
     tree: dict = {}
@@ -152,15 +156,22 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
-def load_config(path: Union[str, Path, Config, None] = None, overrides: Optional[list[str]] = None) -> Config:
-    """Defaults, then the YAML file (with its ``_base_`` chain) or a given Config, then ``key=value`` overrides."""
-    if isinstance(path, Config):
-        cfg = path
+def load_config(source: Union[str, Path, Config, dict, None] = None,
+                overrides: Optional[Sequence[str]] = None) -> Config:
+    """Defaults, then ``source`` (a YAML file with its ``_base_`` chain, a Config, or a stored mapping
+    such as a checkpoint's ``config``), then ``key=value`` overrides: merged into one mapping that is
+    upgraded, type-checked and validated once."""
+    if isinstance(source, Config):
+        data = to_dict(source)
+    elif isinstance(source, (str, Path)):
+        data = _read_yaml_chain(Path(source)) if source else {}
     else:
-        cfg = merge_dict(Config(), _read_yaml_chain(Path(path))) if path else Config()
+        data = copy.deepcopy(source) if source is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping at the top level, got {type(data).__name__}")
     if overrides:
-        cfg = merge_dict(cfg, parse_overrides(list(overrides)))
-    return validate(cfg)
+        _deep_update(data, parse_overrides(list(overrides)))
+    return validate(_merge(Config(), upgrade(data)))
 
 
 def _read_yaml_chain(path: Path, seen: tuple = ()) -> dict:
@@ -204,8 +215,3 @@ def dump_config(cfg: Config, path: Optional[Union[str, Path]] = None) -> str:
     if path is not None:
         Path(path).write_text(text)
     return text
-
-
-def from_dict(data: dict) -> Config:
-    """A Config from its stored dict form (e.g. a checkpoint's ``config``), upgraded and validated."""
-    return validate(merge_dict(Config(), data))

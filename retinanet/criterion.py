@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 
 from .box_coder import BoxCoder
-from .losses import CLASS_LOSSES, box_regression_loss, classification_loss
+from .losses import box_regression_loss
+from .modulated import CLASS_LOSSES, classification_loss
 from .matcher import IGNORE, Matcher
 from .outputs import DenseOutputs
 

@@ -7,7 +7,6 @@ go through its public steps: ``preprocess`` -> ``network`` -> ``postprocessor`` 
 from __future__ import annotations
 
 import contextlib
-import warnings
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
@@ -71,16 +70,8 @@ class Detector:
                     classes_from_val: bool = False) -> "Detector":
         """Builds the model of ``config`` (a YAML path or a Config; None: the checkpoint's own, with
         ``overrides``) and loads ``weights`` (our checkpoint, or a torchvision RetinaNet state dict)
-        from one read of the file. ``device`` None: the config's train.device.
-
-        ``weights`` may also be a file written by ``retinanet export`` (``.onnx``: onnxruntime;
-        TorchScript): it carries its own config and categories, so ``config`` is not needed (a given
-        one is ignored with a warning) and ``overrides`` apply to the stored config."""
-        from .export import exported_format, load_exported  # export imports this module
-        if exported_format(weights):
-            if config is not None:
-                warnings.warn(f"{weights} carries its own config; --config {config} is ignored", stacklevel=2)
-            return load_exported(weights, device or "cpu", overrides=overrides)
+        from one read of the file. ``device`` None: the config's train.device. Files written by
+        ``retinanet export`` open with ``retinanet.load_detector``."""
         ckpt = load_checkpoint(weights) if weights else {}
         cfg = resolve_config(config, overrides, ckpt, classes_from_val)
         model = build_model(cfg)

@@ -1,10 +1,14 @@
 """Feature pyramid P3-P7 on top of C3-C5."""
 from __future__ import annotations
 
+from typing import get_args
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-P6_SOURCES = ("c5", "p5")
+from .config import P6Source
+
+P6_SOURCES = get_args(P6Source)
 
 
 class FPN(nn.Module):

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import torch
 from torch import Tensor, nn
 
-HEAD_NORMS = ("", "gn")
+from .config import HeadNorm
+
+HEAD_NORMS = get_args(HeadNorm)
 
 
 class ConvBlock(nn.Module):

@@ -50,8 +50,9 @@ class Matcher:
 def _intersection(boxes: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor]:
     """Intersection areas (G, R) of ``boxes`` (G, 4) with ``anchors`` (R, 4), and the anchor areas (R,).
 
-    Per coordinate on contiguous (G, R) planes: 3x faster than broadcasting (G, R, 2) over the strided
-    anchor columns, with the same float operations in the same order (torchvision's box_iou bit for bit).
+    Per coordinate on contiguous (G, R) planes, which reads memory in order where broadcasting (G, R, 2)
+    over the strided anchor columns does not; the same float operations in the same order (torchvision's
+    box_iou bit for bit).
     """
     bx1, by1, bx2, by2 = boxes[:, :, None].unbind(1)  # (G, 1) each
     ax1, ay1, ax2, ay2 = anchors.T.contiguous()  # (R,) each

@@ -7,17 +7,20 @@ exp(-p_t) and exp(-p_t^2), or any callable. Poly-1 (Leng et al., ICLR 2022) adds
 polynomial term epsilon (1 - p_t)^(gamma + 1) to the focal loss.
 
 -log(p_t) comes from BCE-with-logits / log-softmax, and f(p_t) from the saturating sigmoid or
-softmax: finite values and gradients at logits of +-1e4. Reused by ``retinanet.losses`` (which re-exports the public names).
+softmax: finite values and gradients at logits of +-1e4. ``classification_loss`` picks any class loss,
+these or those of ``retinanet.losses``, by its config name.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .losses import _reduce, _softmax_weighted, sigmoid_focal_loss, softmax_focal_loss
+from .config import ClassLoss
+from .losses import (_reduce, _softmax_weighted, alpha_balanced_bce, focal_loss_star, sigmoid_focal_loss,
+                     softmax_focal_loss)
 
 Modulator = Union[str, Callable[[Tensor], Tensor]]
 
@@ -122,5 +125,25 @@ def modulator_factor(name: str, p_t: Tensor, gamma: float = 2.0) -> Tensor:
     return _modulator_fn(name)(p_t)
 
 
-__all__ = ["MODULATORS", "MODULATOR_NAMES", "modulated_bce", "modulated_softmax_ce", "poly1_focal_loss",
-           "modulator_factor"]
+CLASS_LOSSES = get_args(ClassLoss)
+
+
+def classification_loss(kind: str, logits: Tensor, targets: Tensor, alpha: float, gamma: float,
+                        beta: float, modulator: str = "power", poly_epsilon: float = 1.0) -> Tensor:
+    """Elementwise detector class loss selected by name (config ``model.loss.cls_loss``).
+
+    ``modulator`` is used by ``modulated`` only, ``poly_epsilon`` by ``poly1_focal`` only.
+    """
+    if kind == "focal":
+        return sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma)
+    if kind == "focal_star":
+        return focal_loss_star(logits, targets, gamma=gamma, beta=beta)
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none")
+    if kind == "alpha_bce":
+        return alpha_balanced_bce(logits, targets, alpha=alpha)
+    if kind == "modulated":
+        return modulated_bce(logits, targets, modulator, gamma=gamma, alpha=alpha)
+    if kind == "poly1_focal":
+        return poly1_focal_loss(logits, targets, epsilon=poly_epsilon, alpha=alpha, gamma=gamma)
+    raise ValueError(f"unknown class loss {kind!r}: expected one of {', '.join(CLASS_LOSSES)}")

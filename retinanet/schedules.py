@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import TYPE_CHECKING
+from typing import get_args
 
-if TYPE_CHECKING:  # config imports GAMMA_SCHEDULES from here to validate
-    from .config import LossConfig, SolverConfig
+from .config import GammaSchedule, LossConfig, SolverConfig, gamma_steps_problem
 
-GAMMA_SCHEDULES = ("constant", "linear", "cosine", "step")
+GAMMA_SCHEDULES = get_args(GammaSchedule)
 
 
 def lr_factor(solver: SolverConfig, it: int) -> float:
@@ -29,9 +28,8 @@ def gamma_at(loss: LossConfig, it: int, max_iter: int) -> float:
     if kind == "constant":
         return loss.gamma
     if kind == "step":
-        if len(loss.gamma_values) != len(loss.gamma_steps):
-            raise ValueError(f"model.loss.gamma_values needs one value per gamma_steps entry "
-                             f"({len(loss.gamma_values)} vs {len(loss.gamma_steps)})")
+        if problem := gamma_steps_problem(loss):
+            raise ValueError(problem)
         i = bisect.bisect_right(list(loss.gamma_steps), it)
         return loss.gamma if i == 0 else loss.gamma_values[i - 1]
     t = min(max(it / max(1, max_iter), 0.0), 1.0)

@@ -25,6 +25,10 @@ def draw_detections(image: np.ndarray, boxes, names: Sequence[str], scores=None,
     """Returns a copy of ``image`` (H, W, 3) uint8 RGB with each box (D, 4) xyxy outlined and
     captioned ``name score``. Colours follow ``labels`` (D,) (default: the name), so a class keeps
     its colour across images. Captions sit above the box, or inside it at the top edge."""
+    # Not torchvision.utils.draw_bounding_boxes: it scales the caption font only when given a TrueType
+    # file (otherwise PIL's fixed small bitmap font, unreadable on a large photo), and it writes the
+    # caption inside the box, over the object. Here PIL's built-in font scales with the image and the
+    # caption sits above the box, kept inside the image.
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"draw_detections: expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")

@@ -11,7 +11,7 @@ its full top-k candidates, i.e. post-processing does the work it does for a trai
 Measures, per model: a training step (batch 2: preprocessing, forward, loss, backward; no
 optimizer) with the share of it spent in our loss and anchor matching; inference per image
 (preprocessing, forward, post-processing, rescaling) with ``Detector.predict`` (the default fast
-path) and, unless --no-onnx, through ONNX Runtime (``export.load_exported(path).predict``); and the
+path) and, unless --no-onnx, through ONNX Runtime (``runtime.load_exported(path).predict``); and the
 training data loader's images/s with the default workers on --data (a COCO-format folder). It checks
 that both models give the same losses (our torchvision config uses normalize=image, box_loss=l1) and
 that every fast path returns torchvision's detections (as sets: boxes within 0.05 px, scores 1e-4).
@@ -39,7 +39,8 @@ from retinanet.checkpoint import load_model_state
 from retinanet.config_loader import load_config
 from retinanet.data.loader import build_dataset, build_train_loader
 from retinanet.detector import Detector
-from retinanet.export import compare_detections, export_model, load_exported
+from retinanet.export import compare_detections, export_model
+from retinanet.runtime import load_exported
 from retinanet.fast import for_training
 from retinanet.preprocess import read_image, to_float_tensor
 
@@ -98,7 +99,7 @@ def loader_images_per_s(root: str, size: int, batches: int = 20) -> Optional[tup
         return None
     cfg = load_config(CONFIG, [f"input.min_size_train=[{size}]", f"data.train.images={images}",
                                f"data.train.annotations={ann}"])
-    loader = iter(build_train_loader(cfg, build_dataset(cfg, "train", train=True)))
+    loader = iter(build_train_loader(cfg, build_dataset(cfg, "train")))
     next(loader)  # workers started
     start, n = time.perf_counter(), 0
     for _ in range(batches):

@@ -128,7 +128,7 @@ def run_side(cfg, side: str, run_dir: Path) -> dict:
         records = [json.loads(line) for line in (run_dir / "ours" / "metrics.jsonl").read_text().splitlines()]
         times = [r["time_per_iter"] for r in records if "time_per_iter" in r]
         return {"metrics": metrics, "s_per_iter": sum(times) / len(times)}
-    dataset = build_dataset(cfg, "train", train=True)
+    dataset = build_dataset(cfg, "train")
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu")
     torch.manual_seed(cfg.train.seed)  # the seed draws torchvision's initial weights too, as ours
     tv = build_torchvision_model(cfg, len(dataset.categories))

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from retinanet.losses import alpha_balanced_bce, modulated_bce, poly1_focal_loss, sigmoid_focal_loss  # noqa: E402
+from retinanet.losses import alpha_balanced_bce, sigmoid_focal_loss  # noqa: E402
+from retinanet.modulated import modulated_bce, poly1_focal_loss  # noqa: E402
 
 LOSSES = ("bce", "alpha_bce", "focal", "cos", "exp", "exp_sq", "poly1")
 

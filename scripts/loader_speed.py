@@ -40,7 +40,7 @@ def main() -> None:
     data = Path(args.data)
     cfg = load_config(args.config, [f"data.train.images={data / 'images'}",
                                     f"data.train.annotations={data / 'annotations' / 'train.json'}"])
-    dataset = build_dataset(cfg, "train", train=True)
+    dataset = build_dataset(cfg, "train")
     if args.parent_reads:
         dataset[(0, 0)]
     print(f"{data.name}: batch {cfg.solver.ims_per_batch}, short side {cfg.input.min_size_train}")

@@ -270,7 +270,7 @@ def test_failed_checkpoint_write_is_one_line_and_leaves_no_temp(tmp_path, monkey
     if fault == "permission":
         def deny(**kw):
             raise PermissionError(errno.EACCES, "Permission denied", kw["dir"])
-        monkeypatch.setattr(ck.tempfile, "mkstemp", deny)
+        monkeypatch.setattr("tempfile.mkstemp", deny)  # the folder cannot take the temp file
     else:
         monkeypatch.setattr(ck.torch, "save", fail_save)
         monkeypatch.setattr(ck.shutil, "disk_usage", lambda p: SimpleNamespace(free=0))  # the disk is full

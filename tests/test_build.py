@@ -12,7 +12,7 @@ import torch
 from retinanet.build import build_model, categories_of, resolve_config, with_categories
 from retinanet.checkpoint import save_checkpoint
 from retinanet.config import ConfigError
-from retinanet.config_loader import from_dict, to_dict
+from retinanet.config_loader import load_config, to_dict
 from retinanet.detector import Detector
 
 # Written by the code as of commit 3e32510 (before the build/config_loader split): the resolved config
@@ -45,9 +45,9 @@ def test_legacy_checkpoint_loads(tmp_path):
 def test_legacy_step_schedule_is_upgraded():
     old = copy.deepcopy(json.loads(LEGACY.read_text())["config"])
     old["model"]["loss"].update(gamma_schedule="step", gamma_steps=[10, 20], gamma_values=[5.0, 3.0, 1.0])
-    loss = from_dict(old).model.loss
+    loss = load_config(old).model.loss
     assert loss.gamma == 5.0 and loss.gamma_values == (3.0, 1.0) and loss.gamma_steps == (10, 20)
-    assert "gamma_start" not in to_dict(loss) and "sync_bn" not in to_dict(from_dict(old).train)
+    assert "gamma_start" not in to_dict(loss) and "sync_bn" not in to_dict(load_config(old).train)
 
 
 def test_categories_of_and_with_categories(tiny_cfg):

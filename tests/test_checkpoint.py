@@ -10,7 +10,7 @@ from torchvision.models.detection.retinanet import RetinaNetHead as TVHead
 
 from retinanet.checkpoint import (CheckpointError, convert_torchvision_state_dict, load_checkpoint,
                                   load_model_state, save_checkpoint)
-from retinanet.config_loader import from_dict, to_dict
+from retinanet.config_loader import load_config, to_dict
 from retinanet.build import build_model
 
 
@@ -32,7 +32,7 @@ def test_round_trip_is_atomic(tiny_cfg, tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["model_final.pth"]  # no temp file left behind
     ckpt = load_checkpoint(path)
     assert ckpt["format"] == "retinanet-v1" and ckpt["iteration"] == 13 and ckpt["categories"] == cats
-    assert from_dict(ckpt["config"]) == cfg
+    assert load_config(ckpt["config"]) == cfg
     other = build_model(cfg)
     load_model_state(other, ckpt["model"])
     for (k, a), b in zip(model.state_dict().items(), other.state_dict().values()):

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from retinanet.config import Config, ConfigError
-from retinanet.config_loader import dump_config, from_dict, load_config, parse_overrides, to_dict
+from retinanet.config_loader import dump_config, load_config, parse_overrides, to_dict
 
 from conftest import TV_CONFIGS
 
@@ -113,7 +113,7 @@ def test_dump_load_round_trip(tmp_path):
     path = tmp_path / "dumped.yaml"
     dump_config(cfg, path)
     assert load_config(path) == cfg
-    assert from_dict(to_dict(cfg)) == cfg
+    assert load_config(to_dict(cfg)) == cfg
 
 
 def test_base_chain(tmp_path):
@@ -138,3 +138,15 @@ def test_named_choices_are_checked_at_load_time():
     with pytest.raises(ConfigError, match="model.backbone.name"):
         load_config(None, ["model.backbone.name=vgg16"])
     assert load_config(None, ["model.head.norm=gn"]).model.head.norm == "gn"
+
+
+def test_code_knows_every_named_choice():
+    # The schema's Literal types are the lists; code that keeps its own table must cover exactly them.
+    from typing import get_args
+
+    from retinanet import config, criterion, modulated
+    from retinanet.engine.amp import AMP_MODES
+    assert set(AMP_MODES) == set(get_args(config.AmpMode))
+    assert set(modulated.MODULATOR_NAMES) == set(get_args(config.ModulatorName))
+    assert set(criterion.BOX_LOSSES) == set(get_args(config.BoxLoss))
+    assert set(criterion.NORMALIZERS) == set(get_args(config.Normalizer))

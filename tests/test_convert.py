@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -236,7 +237,8 @@ def test_yolo_bad_lines_are_reported_together_with_file_and_line(tmp_path, capsy
     for where, what in [(f"{a}:2", "expected 5 fields"), (f"{a}:3", "outside [0, 1]"),
                         (f"{a}:4", "class index 7 out of range"), (f"{a}:5", "outside (0, 1]"),
                         (f"{b}:2", "not a number")]:
-        line = next((ln for ln in err.splitlines() if ln.strip().startswith(f"{where}: ")), "")
+        items = re.split(r"; |\n", err.split("lines: ", 1)[1])  # one line: "N bad label lines: a; b; ..."
+        line = next((item for item in items if item.strip().startswith(f"{where}: ")), "")
         assert what in line, (where, err)
     assert not (tmp_path / "o.json").exists()
     assert _convert(*args, "--skip-bad") == 0  # the good lines survive, the bad ones are dropped

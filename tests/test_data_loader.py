@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from retinanet.config_loader import load_config
-from retinanet.data import (TrainBatchSampler, build_dataset, build_test_loader, build_train_loader, collate,
-                            make_synthetic_coco)
+from retinanet.data import TrainBatchSampler, build_dataset, build_train_loader, collate, make_synthetic_coco
 from retinanet.data import synthetic
 
 
@@ -116,7 +115,7 @@ def _cfg(root: Path, *extra: str):
 
 def test_train_loader_resumes_exactly(synth):
     cfg = _cfg(synth, "input.color_jitter=0.5")
-    ds = build_dataset(cfg, "train", train=True)
+    ds = build_dataset(cfg, "train")
     full = list(itertools.islice(iter(build_train_loader(cfg, ds)), 4))
     resumed = next(iter(build_train_loader(cfg, ds, start_iter=3)))
     batch = full[3]
@@ -128,24 +127,12 @@ def test_train_loader_resumes_exactly(synth):
 
 def test_train_loader_with_workers(synth):
     cfg = _cfg(synth, "dataloader.num_workers=2")
-    ds = build_dataset(cfg, "train", train=True)
+    ds = build_dataset(cfg, "train")
     with_workers = list(itertools.islice(iter(build_train_loader(cfg, ds)), 3))
     cfg0 = _cfg(synth)
     in_process = list(itertools.islice(iter(build_train_loader(cfg0, ds)), 3))
     for a, b in zip(with_workers, in_process):
         assert a["image_ids"] == b["image_ids"] and torch.equal(a["images"], b["images"])
-
-
-def test_test_loader_is_sequential_and_sharded(synth):
-    cfg = _cfg(synth)
-    ds = build_dataset(cfg, "val", train=False)
-    assert len(ds) == 5
-    whole = [i for b in build_test_loader(cfg, ds, batch_size=2) for i in b["image_ids"]]
-    assert whole == ds.ids
-    shards = [[i for b in build_test_loader(cfg, ds, 1, r, 2) for i in b["image_ids"]] for r in range(2)]
-    assert shards[0] + shards[1] == ds.ids and shards[0] and shards[1]
-    a, b = next(iter(build_test_loader(cfg, ds))), next(iter(build_test_loader(cfg, ds)))
-    assert torch.equal(a["images"], b["images"])
 
 
 def test_build_dataset_generates_the_demo_data(tmp_path, monkeypatch):
@@ -158,13 +145,13 @@ def test_build_dataset_generates_the_demo_data(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "make_synthetic_coco", small)
     root = tmp_path / "datasets" / "demo"
     cfg = _cfg(root, "data.demo=true", "data.filter_empty=true")
-    train = build_dataset(cfg, "train", train=True)
-    val = build_dataset(cfg, "val", train=False)
+    train = build_dataset(cfg, "train")
+    val = build_dataset(cfg, "val", augment=False)
     assert calls == [root] and val.stats["images"] == 3 and train.stats["images"] == 6
     assert [c["id"] for c in train.categories] == [1, 3, 5, 7, 9]
     assert train.stats["filtered_empty"] == train.stats["empty_images"] == 6 - len(train)  # training only
     assert val.stats["filtered_empty"] == 0 and len(val) == val.stats["images"]
     with pytest.raises(ValueError, match="data.train.images and data.train.annotations must be set"):
-        build_dataset(load_config(), "train", train=True)
+        build_dataset(load_config(), "train")
     with pytest.raises(ValueError, match="split must be"):
-        build_dataset(cfg, "test", train=False)
+        build_dataset(cfg, "test", augment=False)

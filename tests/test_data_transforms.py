@@ -27,13 +27,13 @@ def _empty() -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("hw, min_size, max_size", [
     ((480, 640), 800, 1333), ((640, 480), 800, 1333), ((300, 1000), 800, 1333), ((1000, 200), 600, 1000),
     ((37, 59), 128, 160), ((123, 77), 100, 1000), ((800, 1333), 800, 1333), ((500, 375), 640, 1333)])
-def test_test_transform_matches_torchvision_resize(hw, min_size, max_size):
+def test_transform_at_one_size_matches_torchvision_resize(hw, min_size, max_size):
     h, w = hw
-    cfg = InputConfig(min_size_test=min_size, max_size_test=max_size, pixel_mean=MEAN, pixel_std=STD)
+    cfg = InputConfig(min_size_train=min_size, max_size_train=max_size, flip_prob=0.0, pixel_mean=MEAN, pixel_std=STD)
     boxes = np.array([[0, 0, w, h], [w * 0.25, h * 0.1, w * 0.5, h * 0.9]], np.float32)
     crowd = np.array([[1, 2, 3, 4]], np.float32)
     img = _image(h, w)
-    out, out_boxes, labels, out_crowd = build_transforms(cfg, train=False)(img, boxes, np.array([3, 1]), crowd, None)
+    out, out_boxes, labels, out_crowd = build_transforms(cfg)(img, boxes, np.array([3, 1]), crowd, None)
 
     ref_t = GeneralizedRCNNTransform(min_size, max_size, list(MEAN), list(STD)).eval()
     x = torch.from_numpy(img).permute(2, 0, 1).float() / 255
@@ -51,14 +51,15 @@ def test_test_transform_matches_torchvision_resize(hw, min_size, max_size):
 
 def test_normalisation_uses_pixel_mean_and_std():
     img = np.full((32, 32, 3), (255, 0, 51), np.uint8)
-    cfg = InputConfig(min_size_test=32, max_size_test=32, pixel_mean=(0.5, 0.25, 0.2), pixel_std=(0.5, 0.25, 0.1))
-    out = build_transforms(cfg, train=False)(img, *_empty(), np.zeros((0, 4), np.float32), None)[0]
+    cfg = InputConfig(min_size_train=32, max_size_train=32, flip_prob=0.0, pixel_mean=(0.5, 0.25, 0.2),
+                      pixel_std=(0.5, 0.25, 0.1))
+    out = build_transforms(cfg)(img, *_empty(), np.zeros((0, 4), np.float32), None)[0]
     torch.testing.assert_close(out[:, 0, 0], torch.tensor([1.0, -1.0, 0.0]), atol=1e-5, rtol=0)
 
 
 def test_train_sizes_follow_the_rule_for_every_min_size():
     cfg = InputConfig(min_size_train=(64, 80, 96), max_size_train=180, flip_prob=0.0)
-    t = build_transforms(cfg, train=True)
+    t = build_transforms(cfg)
     h, w = 50, 100  # max_size binds only for 96: long side would be 192 > 180
     expected = {(int(h * s), int(w * s)) for s in (resize_scale(h, w, m, 180) for m in (64, 80, 96))}
     seen = {tuple(t(_image(h, w), *_empty(), np.zeros((0, 4), np.float32), seed)[0].shape[-2:]) for seed in range(40)}
@@ -71,7 +72,7 @@ def test_flip_moves_image_and_boxes():
     cfg = InputConfig(min_size_train=40, max_size_train=60, flip_prob=1.0, pixel_mean=MEAN, pixel_std=STD)
     boxes = np.array([[5, 4, 20, 30], [40, 0, 60, 10]], np.float32)
     crowd = np.array([[0, 0, 10, 40]], np.float32)
-    out, out_boxes, labels, out_crowd = build_transforms(cfg, train=True)(img, boxes, np.array([0, 2]), crowd, 0)
+    out, out_boxes, labels, out_crowd = build_transforms(cfg)(img, boxes, np.array([0, 2]), crowd, 0)
     ref = (torch.from_numpy(img[:, ::-1].copy()).permute(2, 0, 1).float() / 255 - torch.tensor(MEAN)[:, None, None]) \
         / torch.tensor(STD)[:, None, None]
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
@@ -80,9 +81,9 @@ def test_flip_moves_image_and_boxes():
     assert labels.tolist() == [0, 2]
 
 
-def test_test_transform_is_deterministic_and_never_flips():
-    cfg = InputConfig(min_size_test=48, max_size_test=100, flip_prob=1.0, color_jitter=1.0)
-    t = build_transforms(cfg, train=False)
+def test_transform_without_random_ops_is_deterministic():
+    cfg = InputConfig(min_size_train=48, max_size_train=100, flip_prob=0.0, color_jitter=0.0)
+    t = build_transforms(cfg)
     img, boxes = _image(40, 60), np.array([[5, 4, 20, 30]], np.float32)
     a = t(img, boxes, np.array([1]), np.zeros((0, 4), np.float32), None)
     b = t(img, boxes, np.array([1]), np.zeros((0, 4), np.float32), 123)
@@ -94,7 +95,7 @@ def test_test_transform_is_deterministic_and_never_flips():
 def test_seeded_train_transform_is_reproducible_and_varies():
     cfg = InputConfig(min_size_train=(32, 40, 48), max_size_train=100, flip_prob=0.5, color_jitter=0.8)
     img, boxes = _image(40, 60), np.array([[5, 4, 20, 30]], np.float32)
-    t1, t2 = build_transforms(cfg, train=True), build_transforms(cfg, train=True)
+    t1, t2 = build_transforms(cfg), build_transforms(cfg)
     results = []
     for seed in range(16):
         a = t1(img, boxes, np.array([1]), np.zeros((0, 4), np.float32), seed)
@@ -108,10 +109,10 @@ def test_seeded_train_transform_is_reproducible_and_varies():
 
 
 def test_boxes_degenerate_after_transform_are_dropped_with_their_labels():
-    cfg = InputConfig(min_size_test=20, max_size_test=30)  # scale 0.5
+    cfg = InputConfig(min_size_train=20, max_size_train=30, flip_prob=0.0)  # scale 0.5
     boxes = np.array([[0, 0, 10, 10], [5, 5, 5.01, 20], [20, 20, 30, 30]], np.float32)
     crowd = np.array([[1, 1, 1.001, 9], [2, 2, 8, 8]], np.float32)
-    _, out_boxes, labels, out_crowd = build_transforms(cfg, train=False)(_image(40, 60), boxes, np.array([0, 1, 2]),
+    _, out_boxes, labels, out_crowd = build_transforms(cfg)(_image(40, 60), boxes, np.array([0, 1, 2]),
                                                                          crowd, None)
     torch.testing.assert_close(out_boxes, torch.tensor([[0.0, 0, 5, 5], [10, 10, 15, 15]]))
     assert labels.tolist() == [0, 2]
@@ -122,6 +123,6 @@ def test_colour_jitter_changes_pixels_not_boxes():
     base = InputConfig(min_size_train=40, max_size_train=60, flip_prob=0.0)
     jitter = InputConfig(min_size_train=40, max_size_train=60, flip_prob=0.0, color_jitter=1.0)
     img, boxes = _image(40, 60), np.array([[5, 4, 20, 30]], np.float32)
-    a = build_transforms(base, train=True)(img, boxes, np.array([1]), np.zeros((0, 4), np.float32), 3)
-    b = build_transforms(jitter, train=True)(img, boxes, np.array([1]), np.zeros((0, 4), np.float32), 3)
+    a = build_transforms(base)(img, boxes, np.array([1]), np.zeros((0, 4), np.float32), 3)
+    b = build_transforms(jitter)(img, boxes, np.array([1]), np.zeros((0, 4), np.float32), 3)
     assert torch.equal(a[1], b[1]) and a[0].shape == b[0].shape and not torch.allclose(a[0], b[0])

@@ -9,7 +9,8 @@ from test_evaluation import make_checkpoint, make_coco
 from retinanet.build import build_anchor_generator, build_model
 from retinanet.cli import main
 from retinanet.detector import Detector
-from retinanet.export import ExportableRetinaNet, LevelOutputsModel, compare_detections, export_model, load_exported
+from retinanet.export import ExportableRetinaNet, compare_detections, export_model
+from retinanet.runtime import LevelOutputsModel, load_exported
 
 CATS = [{"id": 1, "name": "cat"}, {"id": 5, "name": "dog"}, {"id": 9, "name": "bird"}]
 

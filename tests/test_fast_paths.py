@@ -17,9 +17,10 @@ from test_evaluation import make_checkpoint, make_coco
 from retinanet.build import build_criterion, build_model
 from retinanet.cli import main
 from retinanet.detector import Detector
-from retinanet.export import compare_detections, export_model, exported_format
+from retinanet.export import compare_detections, export_model
 from retinanet.fast import for_training, weights_version
 from retinanet.fast.fusion import fuse_for_inference
+from retinanet.runtime import exported_format, load_detector
 
 CORE = ("model", "backbone", "fpn", "head", "anchors", "outputs", "matcher", "box_coder", "criterion",
         "postprocess", "losses", "preprocess")
@@ -93,13 +94,13 @@ def test_exported_file_as_weights(tmp_path, suffix, capsys):
     path = export_model(reference, tmp_path / f"model{suffix}", "onnx" if suffix == ".onnx" else "torchscript")
     assert exported_format(path) == ("onnx" if suffix == ".onnx" else "torchscript")
     assert exported_format(ckpt) is None  # a torch.save checkpoint is a zip too, but not TorchScript
-    exported = Detector.from_config(None, path, "cpu")
+    exported = load_detector(path, None, "cpu")
     assert exported.categories == reference.categories
     _assert_same_sets(reference.predict(_images(), batch_size=2), exported.predict(_images(), batch_size=2))
     # overrides apply to the config stored in the file
-    assert Detector.from_config(None, path, overrides=["model.test.score_thresh=0.2"]).cfg.model.test.score_thresh == 0.2
+    assert load_detector(path, overrides=["model.test.score_thresh=0.2"]).cfg.model.test.score_thresh == 0.2
     with pytest.warns(UserWarning, match="carries its own config"):
-        Detector.from_config(config, path, "cpu")
+        load_detector(path, config, "cpu")
 
     # `retinanet infer` and `retinanet eval` take it as --weights without --config
     out = tmp_path / "pred"

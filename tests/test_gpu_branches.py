@@ -102,7 +102,7 @@ def test_trainer_step_skips_the_update_when_scaled_gradients_overflow(data_root,
 @pytest.mark.parametrize("cuda", [False, True])
 def test_train_loader_pins_memory_only_with_cuda(data_root, tmp_path, monkeypatch, cuda):
     cfg = load_config(None, tiny_overrides(data_root, tmp_path / "out"))
-    dataset = build_dataset(cfg, "train", train=True)
+    dataset = build_dataset(cfg, "train")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     assert build_train_loader(cfg, dataset).pin_memory is cuda
 

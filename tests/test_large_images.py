@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _transform(*overrides: str):
-    return build_transforms(load_config(None, ["input.flip_prob=0", *overrides]).input, train=True)
+    return build_transforms(load_config(None, ["input.flip_prob=0", *overrides]).input)
 
 
 @pytest.mark.parametrize("background_prob", [0.0, 1.0])

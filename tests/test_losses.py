@@ -7,8 +7,9 @@ import torchvision.ops
 
 from retinanet.fast import focal
 from retinanet.fast.focal import sigmoid_focal_loss_sparse
-from retinanet.losses import (alpha_balanced_bce, box_regression_loss, classification_loss, focal_loss_star,
-                              sigmoid_focal_loss, softmax_focal_loss)
+from retinanet.losses import (alpha_balanced_bce, box_regression_loss, focal_loss_star, sigmoid_focal_loss,
+                              softmax_focal_loss)
+from retinanet.modulated import classification_loss
 
 
 def _logits_targets(*shape: int, dtype=torch.float32):

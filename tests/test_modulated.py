@@ -8,9 +8,9 @@ import torchvision
 
 from retinanet.config import ConfigError
 from retinanet.config_loader import load_config
-from retinanet.losses import (classification_loss, modulated_bce, modulated_softmax_ce, poly1_focal_loss,
-                              sigmoid_focal_loss, softmax_focal_loss)
-from retinanet.modulated import modulator_factor
+from retinanet.losses import sigmoid_focal_loss, softmax_focal_loss
+from retinanet.modulated import (classification_loss, modulated_bce, modulated_softmax_ce, modulator_factor,
+                                 poly1_focal_loss)
 
 LN3 = math.log(3.0)
 # Logits 0, ln 3, -ln 3 with labels 1, 1, 0 give p = 1/2, 3/4, 1/4, so p_t = 1/2, 3/4, 3/4.

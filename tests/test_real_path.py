@@ -40,7 +40,7 @@ def test_photos_start_opencvs_thread_pool(photos):
         from retinanet.config_loader import load_config
         from retinanet.data.loader import build_dataset
         cfg = load_config(None, {tiny_overrides(photos, photos / 'out', **SIZES)!r})
-        ds = build_dataset(cfg, "train", train=True)
+        ds = build_dataset(cfg, "train")
         threads = lambda: len(os.listdir("/proc/self/task"))
         before = threads()
         ds[(0, 0)]

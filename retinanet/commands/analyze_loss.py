@@ -142,10 +142,10 @@ def write_outputs(pos: dict, neg: dict, out_dir: Path, points: int, title: str =
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..detector import Detector
+    from ..runtime import load_detector
 
     gammas = _parse_gammas(args.gammas)
-    detector = Detector.from_config(args.config, args.weights, args.device, args.overrides)
+    detector = load_detector(args.weights, args.config, args.device, args.overrides)
     pos, neg, used = collect_losses(detector, gammas, args.num_images, args.max_negatives_per_image, args.seed)
     out = Path(args.output)
     summary = write_outputs(pos, neg, out, args.points, title=f"{Path(args.weights).name}, {used} val images")

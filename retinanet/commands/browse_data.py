@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config_loader import load_config
+from ..jsonio import write_json
 from . import positive_int
 
 SIZE_BUCKETS = (("small", 0.0, 32.0 ** 2), ("medium", 32.0 ** 2, 96.0 ** 2), ("large", 96.0 ** 2, float("inf")))
@@ -58,15 +59,11 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ..data.loader import build_dataset
-    from ..data.coco import CocoDetection
-    from ..data.transforms import build_transforms
     from ..evaluation.report_plots import histogram_plot
     from ..visualize import draw_detections
     cfg = load_config(args.config, args.overrides)
     ds_cfg = getattr(cfg.data, args.split)
-    build_dataset(cfg, args.split, train=False)  # checks the paths; generates the demo data when asked
-    transform = build_transforms(cfg.input, train=True) if args.augment else None
-    ds = CocoDetection(ds_cfg.images, ds_cfg.annotations, transform, skip_bad_images=True)
+    ds = build_dataset(cfg, args.split, augment=args.augment)  # generates the demo data when asked
     names = [c["name"] for c in ds.categories]
     out = Path(args.output)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -86,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         drawn += 1
     summary = {"split": args.split, "annotations": ds_cfg.annotations, "augment": args.augment,
                **box_summary(json.loads(Path(ds_cfg.annotations).read_text()))}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary, indent=2)
     (out / "histogram.png").write_bytes(histogram_plot(summary["per_class"], summary["per_size"], args.split))
     print(json.dumps({k: summary[k] for k in ("images", "boxes", "per_class", "per_size")}))
     print(f"drew {drawn} image(s) -> {out / 'images'}; wrote {out / 'summary.json'} and {out / 'histogram.png'}",

@@ -48,11 +48,10 @@ def run(args: argparse.Namespace) -> int:
             save_metrics(metrics, Path(args.output) / "metrics.json")
         return 0
 
-    from ..detector import Detector
+    from ..runtime import load_detector
     if not args.weights:
         raise ValueError("--weights is required (a checkpoint written by `retinanet train`, or a torchvision state dict)")
-    detector = Detector.from_config(args.config, args.weights, args.device, with_tile_overrides(args),
-                                    classes_from_val=True)
+    detector = load_detector(args.weights, args.config, args.device, with_tile_overrides(args), classes_from_val=True)
     cfg = detector.cfg
     val = cfg.data.val
     for key, value in (("data.val.images", val.images), ("data.val.annotations", val.annotations)):

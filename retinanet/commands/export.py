@@ -22,12 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..detector import Detector
-    from ..export import compare_detections, export_model, load_exported
+    from ..export import compare_detections, export_model
+    from ..runtime import load_detector, load_exported
     fmt = args.format or ("onnx" if args.output.endswith(".onnx") else "torchscript")
     if not args.weights:
         raise ValueError("--weights is required (a checkpoint written by `retinanet train`, or a torchvision state dict)")
-    detector = Detector.from_config(args.config, args.weights, "cpu", args.overrides)
+    detector = load_detector(args.weights, args.config, "cpu", args.overrides)
     path = export_model(detector, args.output, fmt, args.opset, winograd=not args.no_winograd)
     print(f"wrote {path} ({fmt}; outputs: per-level class logits and box deltas, post-processing in Python)",
           file=sys.stderr)

@@ -14,12 +14,10 @@ import glob
 import sys
 from pathlib import Path
 
+from ..data.labels import IMAGE_EXTENSIONS
 from ..jsonio import write_json
 from ..video import VIDEO_SUFFIXES
 from . import add_tile_arguments, positive_int, with_tile_overrides
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (default: the one stored in the checkpoint)")
@@ -43,7 +41,7 @@ def collect_inputs(patterns: list[str]) -> tuple[list[Path], list[str]]:
     for pattern in patterns:
         p = Path(pattern)
         if p.is_dir():
-            hits = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
+            hits = [f for f in p.iterdir() if f.is_file() and f.suffix.lower() in (*IMAGE_EXTENSIONS, *VIDEO_SUFFIXES)]
         elif p.exists():
             hits = [p]
         else:
@@ -80,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from ..detector import Detector
+    from ..runtime import load_detector
     from ..evaluation import to_coco_results
     from ..preprocess import read_image
     from ..visualize import draw_detections
@@ -98,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if any(p.resolve().parent == out.resolve() for p in paths):  # drawn images keep their input's name
         print(f"retinanet infer: error: --output {out} holds input images; choose another folder", file=sys.stderr)
         return 2
-    detector = Detector.from_config(args.config, args.weights, args.device, with_tile_overrides(args))
+    detector = load_detector(args.weights, args.config, args.device, with_tile_overrides(args))
     out.mkdir(parents=True, exist_ok=True)
     predictions, failed, used = [], [], set()
     from ..video import VideoError, infer_video, is_video

@@ -84,7 +84,7 @@ class CocoDetection(Dataset):
         """Annotations (validated) -> records: xywh -> xyxy clipped to the image, degenerate boxes dropped
         and counted, crowds set apart as ignore regions. Vectorised: COCO train has 860k annotations."""
         parsed = parse_annotations(anns, list(images), self.cat_id_to_label)  # column-wise
-        if parsed is None:  # pragma: no cover - validate_coco has reported every malformed annotation
+        if parsed is None:  # pragma: no cover - validate_coco accepts only what the parser reads
             raise self._err("annotations passed validation but not the column-wise parser")
         img_idx, labels, crowd, xywh = parsed
         wh = np.array([(v["width"], v["height"]) for v in images.values()], np.float64).reshape(-1, 2)[img_idx]

@@ -1,10 +1,9 @@
-"""Batching: collate with padding, an infinite seeded (resumable, sharded, aspect-grouped) train sampler,
-a sequential sharded test loader, and ``build_dataset`` from the config."""
+"""Batching for training: collate with padding, an infinite seeded (resumable, sharded, aspect-grouped)
+sampler, and ``build_dataset`` from the config. Evaluation reads images itself (evaluation/inference.py)."""
 from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -163,18 +162,9 @@ def build_train_loader(cfg: Config, dataset: CocoDetection, rank: int = 0, world
                         pin_memory=torch.cuda.is_available())
 
 
-def build_test_loader(cfg: Config, dataset: CocoDetection, batch_size: int = 1, rank: int = 0,
-                      world_size: int = 1) -> DataLoader:
-    """Sequential loader over this rank's contiguous shard of ``dataset`` (all of it when world_size is 1)."""
-    shard = math.ceil(len(dataset) / world_size)
-    indices = list(range(rank * shard, min(len(dataset), (rank + 1) * shard)))
-    return WorkerLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=cfg.dataloader.num_workers,
-                        collate_fn=functools.partial(collate, size_divisible=cfg.input.size_divisible))
-
-
-def build_dataset(cfg: Config, split: str, train: bool) -> CocoDetection:
-    """The ``cfg.data.<split>`` dataset with the train or test transform; with ``data.demo`` the synthetic
-    dataset is generated first when the annotation file is missing."""
+def build_dataset(cfg: Config, split: str, augment: bool = True) -> CocoDetection:
+    """The ``cfg.data.<split>`` dataset: with ``augment`` the training transform and ``data.filter_empty``,
+    else the images as stored ([0, 1] RGB floats, for looking at them). With ``data.demo`` the synthetic dataset is generated first when the annotation file is missing."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     ds = getattr(cfg.data, split)
@@ -183,5 +173,5 @@ def build_dataset(cfg: Config, split: str, train: bool) -> CocoDetection:
                            f"(got images={ds.images!r}, annotations={ds.annotations!r})")
     if cfg.data.demo and not Path(ds.annotations).is_file():
         ensure_demo_dataset(cfg.data)
-    return CocoDetection(ds.images, ds.annotations, build_transforms(cfg.input, train),
-                         filter_empty=cfg.data.filter_empty and train, skip_bad_images=cfg.data.skip_bad_images)
+    return CocoDetection(ds.images, ds.annotations, build_transforms(cfg.input) if augment else None,
+                         filter_empty=cfg.data.filter_empty and augment, skip_bad_images=cfg.data.skip_bad_images)

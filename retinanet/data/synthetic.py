@@ -8,10 +8,8 @@ extent of each drawn shape's pixels. Every image depends only on (seed, split, i
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Union
 
@@ -19,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..config import DataConfig
+from ..jsonio import atomic_write, write_json
 from .coco import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -129,13 +128,6 @@ def _too_close(a: np.ndarray, b: np.ndarray) -> bool:
     return inter / (area_a + area_b - inter) > 0.3 or inter / min(area_a, area_b) > 0.6
 
 
-def _atomic_write(path: Path, write) -> None:
-    # Distributed ranks may generate at once: each writes its own temp file, then renames it into place.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 # The demo's dataset: three well-separated shapes, each in its own colour, 1-4 objects of 24 px up to
 # half the image, small images. Easy enough that a ResNet-18 from scratch learns it on a CPU in minutes
 # (README: measured AP).
@@ -170,14 +162,14 @@ def make_synthetic_coco(root: Union[str, Path], num_train: int = 200, num_val: i
             h, w = (h, w) if vary_size else image_size
             img, objects = _render(h, w, rng, categories, min_object, max_objects, class_colours)
             name = f"{split}_{i:06d}.jpg"
-            _atomic_write(root / "images" / name, lambda p, img=img: img.save(p, format="JPEG", quality=92))
+            atomic_write(root / "images" / name, lambda p, img=img: img.save(p, format="JPEG", quality=92))
             images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
             for obj in objects:
                 annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "iscrowd": 0, **obj})
         data = {"info": {"description": f"retinanet synthetic shapes, seed {seed}"}, "images": images,
                 "annotations": annotations, "categories": categories}
         path = root / "annotations" / f"{split}.json"
-        _atomic_write(path, lambda p, data=data: p.write_text(json.dumps(data)))
+        write_json(path, data)
         out[split] = str(path)
         out["num_annotations"][split] = len(annotations)
     return out

@@ -107,14 +107,11 @@ class DetectionTransform:
                 torch.from_numpy(all_labels[~crowd]), torch.from_numpy(all_boxes[crowd]))
 
 
-def build_transforms(input_cfg: InputConfig, train: bool) -> DetectionTransform:
-    """Train: random short side from ``min_size_train``, ``max_size_train``, flip, optional jitter.
-    Test: ``min_size_test`` / ``max_size_test``, deterministic."""
-    if train:
-        m: Union[int, tuple[int, ...]] = input_cfg.min_size_train
-        return DetectionTransform((m,) if isinstance(m, int) else m, input_cfg.max_size_train,
-                                  input_cfg.pixel_mean, input_cfg.pixel_std, input_cfg.flip_prob,
-                                  input_cfg.color_jitter, input_cfg.crop_train, input_cfg.crop_scale,
-                                  input_cfg.crop_min_visibility, input_cfg.crop_background_prob)
-    return DetectionTransform((input_cfg.min_size_test,), input_cfg.max_size_test,
-                              input_cfg.pixel_mean, input_cfg.pixel_std)
+def build_transforms(input_cfg: InputConfig) -> DetectionTransform:
+    """The training transform: random short side from ``min_size_train``, at most ``max_size_train`` (or
+    with ``crop_train``, box-aware crops of the unshrunk image), flip, optional colour jitter. (Evaluation
+    and inference resize in ``preprocess.py``.)"""
+    m: Union[int, tuple[int, ...]] = input_cfg.min_size_train
+    return DetectionTransform((m,) if isinstance(m, int) else m, input_cfg.max_size_train, input_cfg.pixel_mean,
+                              input_cfg.pixel_std, input_cfg.flip_prob, input_cfg.color_jitter, input_cfg.crop_train,
+                              input_cfg.crop_scale, input_cfg.crop_min_visibility, input_cfg.crop_background_prob)

@@ -3,7 +3,7 @@
 pycocotools trusts its input: a NaN box matches everything, a duplicate image id or a category id
 missing from ``categories`` moves AP without a word, a missing key ends in a KeyError deep inside
 ``createIndex``. Every file we read goes through here first. A file's problems are reported
-together (the first ``MAX_LISTED`` and a count), each naming the file, the entry and the field.
+together (the first 20 and a count), each naming the file, the entry and the field.
 
 Policy, by ``purpose``:
 
@@ -22,7 +22,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-MAX_LISTED = 20
+from .labels import Problems, inside_root
+
 _NUM = (int, float)  # exact type() checks first: fast, and they exclude bool
 
 
@@ -30,25 +31,8 @@ class CocoFormatError(ValueError):
     """A COCO-format file is malformed; the message names the file, the entries and the fields."""
 
 
-class Problems:
-    """Collects a file's problems, to report them together."""
-
-    def __init__(self, source: Union[str, Path]):
-        self.source = str(source)
-        self.items: list[str] = []
-
-    def add(self, where: str, msg: str) -> None:
-        self.items.append(f"{where}: {msg}" if where else msg)
-
-    def raise_if_any(self) -> None:
-        """Raises one CocoFormatError listing the first MAX_LISTED problems and how many there are."""
-        n = len(self.items)
-        if not n:
-            return
-        head = "; ".join(self.items[:MAX_LISTED])
-        more = f"; ... and {n - MAX_LISTED} more" if n > MAX_LISTED else ""
-        count = f"{n} problems: " if n > 1 else ""
-        raise CocoFormatError(f"{self.source}: {count}{head}{more}")
+def _problems(source: Union[str, Path]) -> Problems:
+    return Problems(source, CocoFormatError)
 
 
 def _is_num(v: Any) -> bool:
@@ -60,6 +44,10 @@ def _is_num(v: Any) -> bool:
 def _is_int(v: Any) -> bool:
     t = type(v)
     return t is int or (t is not bool and isinstance(v, numbers.Integral) and "bool" not in t.__name__)
+
+
+def _is_crowd_flag(v: Any) -> bool:
+    return _is_int(v) and v in (0, 1)  # not True or 1.0: the dataset's column-wise parser takes ints only
 
 
 def _is_pos_int(v: Any) -> bool:
@@ -93,7 +81,7 @@ def _fields(p: Problems, where: str, entry: Any, checks: dict) -> bool:
 
 def check_top_level(data: Any, source: Union[str, Path]) -> None:
     """The file is an object with ``images``, ``annotations`` and ``categories`` lists."""
-    p = Problems(source)
+    p = _problems(source)
     if not isinstance(data, dict):
         p.add("", f"top level must be an object, got {type(data).__name__}")
     else:
@@ -105,19 +93,12 @@ def check_top_level(data: Any, source: Union[str, Path]) -> None:
     p.raise_if_any()
 
 
-def outside_root(file_name: str, root: Union[str, Path]) -> bool:
-    """True when ``root/file_name`` resolves outside ``root`` ('..', an absolute name, a symlink out)."""
-    real_root = os.path.realpath(root)
-    path = os.path.realpath(os.path.join(real_root, file_name))
-    return os.path.commonpath([path, real_root]) != real_root
-
-
 def check_image_paths(images: Iterable[dict], root: Union[str, Path], source: Union[str, Path]) -> None:
     """Every ``file_name`` stays inside the image root, so evaluation never opens another file."""
-    p = Problems(source)
+    p = _problems(source)
     real_root = os.path.realpath(root)
     for i, im in enumerate(images):
-        if outside_root(im["file_name"], real_root):
+        if inside_root(real_root, im["file_name"]) is None:
             p.add(_where("images", i, im), f"file_name {im['file_name']!r} resolves outside the image root {real_root}")
     p.raise_if_any()
 
@@ -144,7 +125,7 @@ def validate_coco(data: Any, source: Union[str, Path], purpose: str = "gt",
     if purpose not in ("train", "gt"):
         raise ValueError(f"purpose must be 'train' or 'gt', got {purpose!r}")
     check_top_level(data, source)
-    p = Problems(source)
+    p = _problems(source)
     gt = purpose == "gt"
     cat_ids: set = set()
     for i, c in enumerate(data["categories"]):
@@ -170,7 +151,7 @@ def validate_coco(data: Any, source: Union[str, Path], purpose: str = "gt",
         if im["id"] in image_ids:
             p.add(where, "duplicate image id")
         image_ids.add(im["id"])
-        if real_root is not None and outside_root(im["file_name"], real_root):
+        if real_root is not None and inside_root(real_root, im["file_name"]) is None:
             p.add(where, f"file_name {im['file_name']!r} resolves outside the image root {real_root}")
 
     counts = {"zero_size": 0, "missing_area": 0}
@@ -180,7 +161,7 @@ def validate_coco(data: Any, source: Union[str, Path], purpose: str = "gt",
             b = a["bbox"]
             ok = (_bbox_ok(b) and _is_int(a["image_id"]) and a["image_id"] in image_ids
                   and _is_int(a["category_id"]) and a["category_id"] in cat_ids
-                  and a.get("iscrowd", 0) in (0, 1) and (not gt or _is_int(a["id"])))
+                  and _is_crowd_flag(a.get("iscrowd", 0)) and (not gt or _is_int(a["id"])))
         except (KeyError, TypeError, AttributeError):
             ok = False
         if not ok:
@@ -218,15 +199,15 @@ def _annotation_problems(p: Problems, i: int, a: Any, image_ids: set, cat_ids: s
         p.add(where, f"category_id {a['category_id']} is not in 'categories'")
     if not _bbox_ok(a.get("bbox")):
         p.add(where, f"bbox must be 4 numbers [x, y, w, h], got {a.get('bbox')!r}"[:200])
-    if a.get("iscrowd", 0) not in (0, 1):
-        p.add(where, f"iscrowd must be 0 or 1, got {a.get('iscrowd')!r}")
+    if not _is_crowd_flag(a.get("iscrowd", 0)):
+        p.add(where, f"iscrowd must be 0 or 1 (an int), got {a.get('iscrowd')!r}")
 
 
 def validate_results(results: Any, source: Union[str, Path], image_ids: Iterable[int],
                      category_ids: Iterable[int]) -> None:
     """A COCO results list: each entry an object with an ``image_id`` and a ``category_id`` of the
     ground truth, ``bbox`` [x, y, w, h] of finite numbers with w, h >= 0 and a finite ``score``."""
-    p = Problems(source)
+    p = _problems(source)
     if not isinstance(results, list):
         p.add("", f"expected a JSON list of COCO results, got {type(results).__name__}")
         p.raise_if_any()

@@ -30,8 +30,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Optional
 
-from .convert import (IMAGE_EXTENSIONS, Box, ConvertError, ImageRecord, Problems, clip_box, image_size,
-                      require_dir, resolve_inside)
+from .labels import (IMAGE_EXTENSIONS, Box, ConvertError, ImageRecord, Problems, clip_box, image_size, inside_root,
+                     require_dir)
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,9 @@ def _image_path(root: ET.Element, xml_path: Path, images: Path, problems: Proble
             problems.add(xml_path, f"no <filename> and no image named {xml_path.stem}.* in {images}")
             return None
         name = hits[0]
-    path = resolve_inside(images, name, str(xml_path))  # raises at once: never skippable
+    path = inside_root(images, name)
+    if path is None:  # raised at once: never skippable
+        raise ConvertError(f"{xml_path}: file name {name!r} points outside the image folder {images}")
     if not path.is_file():
         problems.add(xml_path, f"image {name!r} not found in {images}")
         return None

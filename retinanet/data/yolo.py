@@ -18,8 +18,8 @@ import logging
 import math
 from pathlib import Path
 
-from .convert import (IMAGE_EXTENSIONS, Box, ConvertError, ImageRecord, Problems, clip_box, image_size,
-                      require_dir)
+from .labels import (IMAGE_EXTENSIONS, Box, ConvertError, ImageRecord, Problems, clip_box, image_size,
+                     require_dir)
 
 logger = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@
 
 bf16 pays only where the hardware computes in it: CUDA GPUs, and CPUs with AVX512_BF16 or AMX
 (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later). Elsewhere PyTorch emulates
-bf16 matmuls and convolutions by converting to fp32 and back, which is several times *slower* than
-fp32 (measured: a R50-FPN forward many times slower on an AVX2 CPU), so asking for it there warns.
+bf16 matmuls and convolutions by converting to fp32 and back, which is *slower* than fp32, so asking
+for it there warns.
 """
 from __future__ import annotations
 

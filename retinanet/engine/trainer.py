@@ -64,7 +64,7 @@ class Trainer:
         np.random.seed(cfg.train.seed + self.rank)
         random.seed(cfg.train.seed + self.rank)
 
-        self.dataset = build_dataset(cfg, "train", train=True)
+        self.dataset = build_dataset(cfg, "train")
         check_readable(self.dataset, cfg.data.train.images)
         self.val_coco = load_val(cfg.data.val)  # validated now rather than after the whole run
         self.cfg = cfg = with_categories(cfg, self.dataset.categories, f"the training annotations "

@@ -11,21 +11,23 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, get_args
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torchvision.ops import box_convert
 from pycocotools.coco import COCO
 
+from ..config import EvalBackend
+from ..fast.records import load_json
 from ..data.validate import validate_coco, validate_results
 from ..jsonio import write_json
 from .ground_truth import METRIC_NAMES, metrics_of_nothing, warn_dense, warn_if_undefined
 
 logger = logging.getLogger(__name__)
-from ..fast.records import load_json
 
-BACKENDS = ("pycocotools", "faster_coco_eval")
+BACKENDS = get_args(EvalBackend)
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -71,7 +73,7 @@ def to_coco_results(image_id: int, detection: dict) -> list[dict]:
     """One image's detections (``boxes`` (D, 4) xyxy, ``scores`` (D,), ``labels`` (D,) dataset
     category ids) -> COCO results entries with xywh boxes."""
     boxes = torch.as_tensor(detection["boxes"], dtype=torch.float64).reshape(-1, 4)
-    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    xywh = box_convert(boxes, "xyxy", "xywh").tolist()
     scores = torch.as_tensor(detection["scores"]).tolist()
     labels = torch.as_tensor(detection["labels"]).tolist()
     return [{"image_id": int(image_id), "category_id": int(c), "bbox": [round(v, 3) for v in b], "score": round(s, 5)}
@@ -106,7 +108,6 @@ def compute_metrics(gt: COCO, results: list[dict], backend: str = "faster_coco_e
     ``results`` is empty."""
     eval_cls, convert_gt = _eval_class(backend)
     names = {c["id"]: c["name"] for c in gt.dataset.get("categories", [])}
-    cat_ids = sorted(names)
     known = set(gt.getImgIds())
     unknown = sorted({r["image_id"] for r in results} - known)
     if unknown:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Union
+from typing import Any, Union, get_args
 
 from pycocotools.coco import COCO
 
+from ..config import MetricName
+
 logger = logging.getLogger(__name__)
 
-# The standard COCO bbox metrics, in COCOeval.stats order.
-METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
+METRIC_NAMES = get_args(MetricName)  # the standard COCO bbox metrics, in COCOeval.stats order
 
 # COCOeval's area ranges (px^2) of AP/AR, APs, APm, APl.
 AREA_RANGES = {"all": (0, 1e10), "small": (0, 32 ** 2), "medium": (32 ** 2, 96 ** 2), "large": (96 ** 2, 1e10)}

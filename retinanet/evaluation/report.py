@@ -14,14 +14,16 @@ import base64
 import csv
 import html
 import io
-import json
 import logging
 import math
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
+import torch
+from torchvision.ops import box_convert
 
+from ..jsonio import write_json
 from .confusion import confusion_matrix, normalize_rows
 from .report_plots import confusion_plot, pr_curves
 
@@ -32,9 +34,9 @@ def _data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _xyxy(bbox: Sequence[float]) -> list[float]:
-    x, y, w, h = bbox
-    return [x, y, x + w, y + h]
+def _xyxy(bboxes: list) -> np.ndarray:
+    """COCO [x, y, w, h] lists -> (N, 4) float32 xyxy."""
+    return box_convert(torch.tensor(bboxes, dtype=torch.float32).reshape(-1, 4), "xywh", "xyxy").numpy()
 
 
 def per_class_table(coco, results: list[dict], coco_eval, image_ids: Sequence[int]) -> list[dict]:
@@ -145,18 +147,18 @@ def write_report(out_dir: Union[str, Path], coco, results: list[dict], coco_eval
     gts, dets = [], []
     for i in ids:
         anns = [a for a in coco.imgToAnns[i] if not a.get("iscrowd", 0) and a["category_id"] in label_of]
-        gts.append({"boxes": np.array([_xyxy(a["bbox"]) for a in anns], np.float32).reshape(-1, 4),
+        gts.append({"boxes": _xyxy([a["bbox"] for a in anns]),
                     "labels": np.array([label_of[a["category_id"]] for a in anns], np.int64)})
         rs = [r for r in by_image[i] if r["score"] >= score_thresh]
-        dets.append({"boxes": np.array([_xyxy(r["bbox"]) for r in rs], np.float32).reshape(-1, 4),
+        dets.append({"boxes": _xyxy([r["bbox"] for r in rs]),
                      "scores": np.array([r["score"] for r in rs], np.float32),
                      "labels": np.array([label_of[r["category_id"]] for r in rs], np.int64)})
     counts, per_image = confusion_matrix(gts, dets, len(names), 0.5, score_thresh)
     normalized = normalize_rows(counts)
-    (out / "confusion_matrix.json").write_text(json.dumps(
-        {"labels": names + ["background"], "rows": "ground truth (background: false positives)",
-         "columns": "predicted (background: missed)", "score_thresh": score_thresh, "iou_thresh": 0.5,
-         "counts": counts.tolist()}, indent=1))
+    write_json(out / "confusion_matrix.json",
+               {"labels": names + ["background"], "rows": "ground truth (background: false positives)",
+                "columns": "predicted (background: missed)", "score_thresh": score_thresh, "iou_thresh": 0.5,
+                "counts": counts.tolist()}, indent=1)
     plots = {}
     cm_png = confusion_plot(counts, normalized, names, score_thresh)
     (out / "confusion_matrix.png").write_bytes(cm_png)
