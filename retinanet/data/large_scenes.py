@@ -7,14 +7,14 @@ and tiled inference are for. Every image depends only on (seed, split, index).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .synthetic import _atomic_write, _background
+from ..jsonio import atomic_write, write_json
+from .synthetic import _background
 
 CATEGORIES = [{"id": 1, "name": "crown"}, {"id": 2, "name": "vehicle"}]
 
@@ -62,12 +62,12 @@ def make_large_scenes_coco(root: Union[str, Path], num_train: int = 8, num_val: 
             h, w = image_size
             img, objs = render_scene(h, w, int(rng.integers(objects[0], objects[1] + 1)), rng, object_px)
             name = f"{split}_{i:04d}.jpg"
-            _atomic_write(root / "images" / name, lambda p, img=img: img.save(p, format="JPEG", quality=92))
+            atomic_write(root / "images" / name, lambda p, img=img: img.save(p, format="JPEG", quality=92))
             images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
             first = len(annotations) + 1
             annotations += [{"id": first + k, "image_id": i + 1, "iscrowd": 0, **o} for k, o in enumerate(objs)]
         data = {"images": images, "annotations": annotations, "categories": CATEGORIES}
         path = root / "annotations" / f"{split}.json"
-        _atomic_write(path, lambda p, data=data: p.write_text(json.dumps(data)))
+        write_json(path, data)
         out[split] = str(path)
     return out
