@@ -116,7 +116,7 @@ def load_backbone_weights(body: nn.Module, weights: str) -> None:
     elif "/" in weights or weights.endswith((".pth", ".pt")):
         raise FileNotFoundError(f"model.backbone.weights: file not found: {weights}")
     else:
-        state = _download_torchvision_weights(weights)
+        state = download_torchvision_weights(weights, "model.backbone.weights", "ResNet50_Weights.IMAGENET1K_V1")
     own = body.state_dict()
     # load_state_dict(strict=False) still raises a bare RuntimeError on a shape mismatch (e.g. a
     # resnet18 file for a resnet50): report it like missing keys, naming the file.
@@ -131,14 +131,16 @@ def load_backbone_weights(body: nn.Module, weights: str) -> None:
                          f"{shapes[:4]}, missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")
 
 
-def _download_torchvision_weights(name: str) -> dict:
+def download_torchvision_weights(name: str, key: str, example: str) -> dict:
+    """The state dict of torchvision's weights ``name``, for the config ``key`` (errors name it; ``example``
+    is a valid name to suggest). Offline, the error gives the file's URL and says to pass a local file."""
     try:
         enum = torchvision.models.get_weight(name)
     except (ValueError, KeyError, AttributeError):
-        raise ValueError(f"model.backbone.weights: {name!r} is neither a file nor a torchvision weights name "
-                         f"such as 'ResNet50_Weights.IMAGENET1K_V1'") from None
+        raise ValueError(f"{key}: {name!r} is neither a file nor a torchvision weights name such as "
+                         f"'{example}'") from None
     try:
         return enum.get_state_dict(progress=False)
     except Exception as e:  # noqa: BLE001 - network errors come in many types
-        raise RuntimeError(f"model.backbone.weights: cannot download {name} ({type(e).__name__}: {e}). "
-                           f"Offline? Download {enum.url} elsewhere and pass the local file path instead.") from None
+        raise ValueError(f"{key}: cannot download {name} ({type(e).__name__}: {e}). Offline? Download {enum.url} "
+                         f"on a machine that is online and set {key} to that file") from None

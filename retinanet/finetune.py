@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .backbone import download_torchvision_weights
 from .checkpoint import CheckpointError, convert_torchvision_state_dict, is_torchvision_state_dict, load_checkpoint
 
 log = logging.getLogger("retinanet")
@@ -31,22 +32,8 @@ def read_detector_weights(source: str) -> dict[str, torch.Tensor]:
     elif "/" in source or source.endswith((".pth", ".pt")):
         raise CheckpointError(f"model.weights: file not found: {source}")
     else:
-        state = _download(source)
+        state = download_torchvision_weights(source, "model.weights", "RetinaNet_ResNet50_FPN_Weights.COCO_V1")
     return convert_torchvision_state_dict(state) if is_torchvision_state_dict(state) else state
-
-
-def _download(name: str) -> dict[str, torch.Tensor]:
-    import torchvision
-    try:
-        enum = torchvision.models.get_weight(name)
-    except (ValueError, KeyError, AttributeError):
-        raise CheckpointError(f"model.weights: {name!r} is neither a file nor a torchvision weights name such as "
-                              f"'RetinaNet_ResNet50_FPN_Weights.COCO_V1'") from None
-    try:
-        return enum.get_state_dict(progress=False)
-    except Exception as e:  # noqa: BLE001 - network errors come in many types
-        raise CheckpointError(f"model.weights: cannot download {name} ({type(e).__name__}). Offline? Download "
-                              f"{enum.url} on a machine that is online and set model.weights to that file") from None
 
 
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict:

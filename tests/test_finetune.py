@@ -68,7 +68,7 @@ def test_torchvision_state_dict_file_loads_by_part(tmp_path):
 
 
 def test_unknown_name_and_missing_file_are_clear():
-    with pytest.raises(CheckpointError, match="neither a file nor a torchvision weights name"):
+    with pytest.raises(ValueError, match="neither a file nor a torchvision weights name"):
         read_detector_weights("NoSuchWeights.V1")
     with pytest.raises(CheckpointError, match="file not found"):
         read_detector_weights("missing/model.pth")
@@ -80,5 +80,5 @@ def test_offline_download_says_how_to_pass_a_file(monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("no network")
     monkeypatch.setattr(type(weights), "get_state_dict", offline)
-    with pytest.raises(CheckpointError, match="Offline.*set model.weights to that file"):
+    with pytest.raises(ValueError, match="Offline.*set model.weights to that file"):
         read_detector_weights("RetinaNet_ResNet50_FPN_Weights.COCO_V1")
