@@ -86,6 +86,8 @@ def test_gamma_schedule_is_applied_and_logged(records):
     assert records["focal_linear_schedule"][0]["loss_cls"] < records["focal"][0]["loss_cls"]
 
 
+# A script's test (scripts/ablate_loss.py), as costly as the slow ones: run with -m slow.
+@pytest.mark.slow
 def test_ablation_runner_subset_writes_table(data_root, tmp_path):
     out = tmp_path / "ablate"
     extra = [f"{k}={v}" for k, v in {

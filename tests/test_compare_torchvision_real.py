@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from retinanet.config_loader import load_config
@@ -27,6 +28,8 @@ def _overrides(root: Path) -> list[str]:
         "data.val.images": root / "images", "data.val.annotations": root / "annotations/val.json"}.items()]
 
 
+# A script's test (scripts/compare_torchvision_real.py): run with -m slow.
+@pytest.mark.slow
 def test_two_seeds_both_sides_table_and_reuse(tmp_path):
     root = tmp_path / "data"
     make_synthetic_coco(root, num_train=4, num_val=2, seed=0)

@@ -52,6 +52,9 @@ def test_dry_run_builds_single_and_multi_node_commands(tmp_path):
     assert bad.returncode == 2 and "needs MASTER_ADDR" in bad.stderr
 
 
+# The launch script's test; DDP equals one process is also tested in the default suite
+# (test_trainer.py::test_ddp_two_processes_match_single_process). Run with -m slow.
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(tmp_path):
     root = tmp_path / "data"
     make_synthetic_coco(root, num_train=8, num_val=1, seed=3)
@@ -74,6 +77,8 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     assert worst < 1e-4, worst
 
 
+# A script's test (scripts/slurm_train.sh): run with -m slow.
+@pytest.mark.slow
 def test_slurm_script_starts_one_torchrun_per_node_at_the_first_host(tmp_path):
     bin_dir = tmp_path / "bin"  # stand-ins for SLURM's tools: srun runs its command once, here
     bin_dir.mkdir()
