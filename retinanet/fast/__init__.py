@@ -3,8 +3,8 @@ to float rounding (``tests/test_fast_paths.py``); the config key ``model.fast: f
 off, and nothing in the core (model, backbone, ..., criterion, losses) imports this package.
 
 * ``for_inference(model, device)``: an eval-mode copy of a RetinaNet with BatchNorm folded into its
-  convs and, on a CPU, channels_last weights and Winograd 3x3 convs (``fusion.py``, ``winograd.py``).
-  ``Detector.network`` runs it.
+  convs and, on a CPU, channels_last weights, Winograd 3x3 convs, and ReLUs and residual adds run inside
+  the convs (``fusion.py``, ``winograd.py``, ``onednn.py``). ``Detector.network`` runs it.
 * ``for_training(model, device, amp)``: the same rewrites in place for training, with the same
   parameters and state-dict keys. The trainer calls it.
 * ``focal.sparse_focal_loss``: the focal class loss without its (N, R, K) one-hot targets;
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..engine.amp import uses_channels_last, uses_winograd
 from .fusion import fuse_for_inference, prepare_for_training, weights_version
+from .onednn import fuse_pointwise
 
 __all__ = ["for_inference", "for_training", "weights_version"]
 
@@ -31,6 +32,7 @@ def for_inference(model: nn.Module, device: Union[str, torch.device]) -> nn.Modu
     cpu = torch.device(device).type == "cpu"  # fp32 NHWC convs pay on oneDNN, not reliably on cuDNN
     fused = fuse_for_inference(model, channels_last=cpu, winograd=cpu)
     if cpu:
+        fuse_pointwise(fused)
         fused.register_forward_pre_hook(_channels_last_input)
     return fused
 

@@ -62,9 +62,10 @@ def _blocks(n: int, th: int, tw: int, block_tiles: int) -> list[tuple[int, int]]
 
 
 def winograd_conv(x: Tensor, u: Tensor, bias: Optional[Tensor], block_tiles: int = 128,
-                  saved: Optional[list[Tensor]] = None) -> Tensor:
+                  saved: Optional[list[Tensor]] = None, relu: bool = False) -> Tensor:
     """3x3/stride-1/padding-1 convolution of x (N, C, H, W) with transformed filters u (36, C, K)
-    -> (N, K, H, W) channels_last. ``saved`` collects each block's transformed tiles (for backward)."""
+    -> (N, K, H, W) channels_last, then a ReLU if ``relu`` (on each block while it is in cache).
+    ``saved`` collects each block's transformed tiles (for backward)."""
     n, c, h, w = x.shape
     k = u.shape[-1]
     th, tw = -(-h // _M), -(-w // _M)
@@ -88,6 +89,8 @@ def winograd_conv(x: Tensor, u: Tensor, bias: Optional[Tensor], block_tiles: int
             block.copy_(y4.permute(2, 3, 0, 4, 1, 5))
         else:
             torch.add(y4.permute(2, 3, 0, 4, 1, 5), bias, out=block)
+        if relu:
+            block.clamp_(min=0)
         if saved is not None:
             saved.append(v)
     if ragged:
