@@ -18,6 +18,7 @@ from .config import Config, ConfigError
 from .config_loader import load_config, to_dict
 from .criterion import RetinaNetLoss, dense_class_loss
 from .fast.focal import sparse_focal_loss
+from .fast.topk import topk_rows
 from .fpn import FPN
 from .head import RetinaNetHead
 from .matcher import Matcher
@@ -62,7 +63,8 @@ def build_postprocessor(cfg: Config) -> PostProcessor:
     t = cfg.model.test
     # An evaluation raised above COCO's 100 detections must get that many per image to score.
     limit = max(t.detections_per_img, cfg.evaluation.max_dets) if cfg.evaluation.max_dets > 100 else t.detections_per_img
-    return PostProcessor(BoxCoder(cfg.model.box_weights), t.score_thresh, t.topk_candidates, t.nms_thresh, limit)
+    return PostProcessor(BoxCoder(cfg.model.box_weights), t.score_thresh, t.topk_candidates, t.nms_thresh, limit,
+                         topk_rows if cfg.model.fast else None)
 
 
 def build_preprocessor(cfg: Config) -> Preprocessor:

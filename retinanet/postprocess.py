@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -14,16 +14,22 @@ from .outputs import DenseOutputs
 logger = logging.getLogger(__name__)
 
 
+def _topk(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    return x.topk(k, dim=1)
+
+
 class PostProcessor:
     """Per level: keep (anchor, class) pairs scoring above ``score_thresh``, at most
     ``topk_candidates`` of them; decode and clip to the (unpadded) image; class-aware NMS over all
     levels; keep ``detections_per_img``. Top-k and decoding are batched over images; only NMS, whose
-    input is ragged, loops per image. Runs in fp32.
+    input is ragged, loops per image. Runs in fp32. ``topk(x (N, L), k)`` may replace ``x.topk(k, dim=1)``
+    by anything that returns the same (values, indices).
     """
 
     def __init__(self, box_coder: BoxCoder, score_thresh: float = 0.05, topk_candidates: int = 1000,
-                 nms_thresh: float = 0.5, detections_per_img: int = 100):
-        self.box_coder = box_coder
+                 nms_thresh: float = 0.5, detections_per_img: int = 100,
+                 topk: Optional[Callable[[Tensor, int], tuple[Tensor, Tensor]]] = None):
+        self.box_coder, self.topk = box_coder, topk or _topk
         self.score_thresh, self.topk_candidates = score_thresh, topk_candidates
         self.nms_thresh, self.detections_per_img = nms_thresh, detections_per_img
 
@@ -37,7 +43,7 @@ class PostProcessor:
         for size in outputs.level_sizes:
             flat = logits[:, start:start + size].reshape(n, -1)
             # Top-k on logits, sigmoid on the k winners only: sigmoid is monotone, same set and order.
-            top_logits, top_idx = flat.topk(min(self.topk_candidates, flat.shape[1]), dim=1)
+            top_logits, top_idx = self.topk(flat, min(self.topk_candidates, flat.shape[1]))
             top_scores = torch.sigmoid(top_logits)
             anchor_idx = torch.div(top_idx, k, rounding_mode="floor")
             d = deltas[:, start:start + size].gather(1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4))
