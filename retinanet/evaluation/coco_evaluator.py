@@ -23,7 +23,7 @@ from ..config import EvalBackend
 from ..fast.records import load_json
 from ..data.validate import validate_coco, validate_results
 from ..jsonio import write_json
-from .ground_truth import METRIC_NAMES, metrics_of_nothing, warn_dense, warn_if_undefined
+from .ground_truth import METRIC_NAMES, warn_dense, warn_if_undefined
 
 logger = logging.getLogger(__name__)
 
@@ -113,14 +113,12 @@ def compute_metrics(gt: COCO, results: list[dict], backend: str = "faster_coco_e
     if unknown:
         raise ValueError(f"results hold image ids that are not in the annotations: {unknown[:10]}")
     warn_dense(gt, max_dets, image_ids)
-    if not results:  # COCOeval cannot load an empty result set
-        empty = warn_if_undefined(metrics_of_nothing(gt, names, image_ids, max_dets))
-        return (empty, None) if return_eval else empty
     with contextlib.redirect_stdout(io.StringIO()):
         gt_b = convert_gt(gt)
         # loadRes adds fields (id, area, segmentation) to each dict: shallow copies keep the caller's
-        # intact (a deepcopy of 500k results took longer than the evaluation itself).
-        dt = gt_b.loadRes([dict(r) for r in results])
+        # intact (a deepcopy of 500k results took longer than the evaluation itself). pycocotools'
+        # loadRes fails on an empty list; no detections is the ground truth without its annotations.
+        dt = gt_b.loadRes([dict(r) for r in results]) if results else _without_annotations(gt_b)
         kwargs = {"print_function": lambda *a, **k: None} if backend == "faster_coco_eval" else {}
         ev = eval_cls(gt_b, dt, "bbox", **kwargs)
         if image_ids is not None:
@@ -145,7 +143,15 @@ def compute_metrics(gt: COCO, results: list[dict], backend: str = "faster_coco_e
     metrics["per_category"] = {names[cat_id]: _mean_defined(precision[:, :, k, 0, 2])
                                for k, cat_id in enumerate(ev.params.catIds)}
     warn_if_undefined(metrics)
-    return (metrics, ev) if return_eval else metrics
+    return (metrics, ev if results else None) if return_eval else metrics
+
+
+def _without_annotations(gt: Any) -> Any:
+    """A COCO (of ``gt``'s class) with ``gt``'s images and categories and no annotations."""
+    empty = type(gt)()
+    empty.dataset = dict(gt.dataset, annotations=[])
+    empty.createIndex()
+    return empty
 
 
 def _mean_defined(values: np.ndarray) -> float:
