@@ -132,15 +132,15 @@ def compute_metrics(gt: COCO, results: list[dict], backend: str = "faster_coco_e
     precision, recall = np.asarray(ev.eval["precision"]), np.asarray(ev.eval["recall"])
     t50, t75 = (int(np.argmin(np.abs(np.asarray(ev.params.iouThrs) - t))) for t in (0.5, 0.75))
     metrics: dict[str, Any] = {
-        "AP": _mean_defined(precision[..., 0, 2]), "AP50": _mean_defined(precision[t50, ..., 0, 2]),
-        "AP75": _mean_defined(precision[t75, ..., 0, 2]), "APs": _mean_defined(precision[..., 1, 2]),
-        "APm": _mean_defined(precision[..., 2, 2]), "APl": _mean_defined(precision[..., 3, 2]),
-        "AR1": _mean_defined(recall[..., 0, 0]), "AR10": _mean_defined(recall[..., 0, 1]),
-        "AR100": _mean_defined(recall[..., 0, 2])}
+        "AP": mean_defined(precision[..., 0, 2]), "AP50": mean_defined(precision[t50, ..., 0, 2]),
+        "AP75": mean_defined(precision[t75, ..., 0, 2]), "APs": mean_defined(precision[..., 1, 2]),
+        "APm": mean_defined(precision[..., 2, 2]), "APl": mean_defined(precision[..., 3, 2]),
+        "AR1": mean_defined(recall[..., 0, 0]), "AR10": mean_defined(recall[..., 0, 1]),
+        "AR100": mean_defined(recall[..., 0, 2])}
     if max_dets > 100:
-        metrics[f"AP@{max_dets}"] = _mean_defined(precision[..., 0, 3])
-        metrics[f"AR@{max_dets}"] = _mean_defined(recall[..., 0, 3])
-    metrics["per_category"] = {names[cat_id]: _mean_defined(precision[:, :, k, 0, 2])
+        metrics[f"AP@{max_dets}"] = mean_defined(precision[..., 0, 3])
+        metrics[f"AR@{max_dets}"] = mean_defined(recall[..., 0, 3])
+    metrics["per_category"] = {names[cat_id]: mean_defined(precision[:, :, k, 0, 2])
                                for k, cat_id in enumerate(ev.params.catIds)}
     warn_if_undefined(metrics)
     return (metrics, ev if results else None) if return_eval else metrics
@@ -154,7 +154,7 @@ def _without_annotations(gt: Any) -> Any:
     return empty
 
 
-def _mean_defined(values: np.ndarray) -> float:
+def mean_defined(values: np.ndarray) -> float:
     """Percent mean of the entries COCOeval defines (> -1); NaN when none is."""
     v = values[values > -1]
     return float(np.mean(v)) * 100 if v.size else float("nan")
