@@ -25,6 +25,7 @@ from torchvision.ops import box_convert
 
 from ..jsonio import write_json
 from .coco_evaluator import mean_defined
+from .ground_truth import METRIC_NAMES
 from .confusion import confusion_matrix, normalize_rows
 from .report_plots import confusion_plot, pr_curves
 
@@ -97,7 +98,7 @@ def _fmt(v: Any) -> str:
 def render_html(title: str, metrics: dict, table: list[dict], plots: dict[str, str],
                 gallery: list[tuple[str, str]], notes: str) -> str:
     """The report page; ``plots`` maps a heading to a data URI, ``gallery`` holds (caption, data URI)."""
-    keys = [k for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100") if k in metrics]
+    keys = [k for k in METRIC_NAMES if k in metrics]
     cols = ["name", "id", "AP", "AP50", "gt", "detections"]
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
              "body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0}"
