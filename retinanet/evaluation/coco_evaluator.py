@@ -176,7 +176,7 @@ class COCOEvaluator:
     def reset(self) -> None:
         self._image_ids: list[int] = []
         self._seen: set[int] = set()
-        self._results: list[dict] = []
+        self.results: list[dict] = []  # COCO results entries of this rank
         self.coco_eval = None  # the accumulated COCOeval of the last evaluate() (rank 0), for reports
         self.gathered: tuple[list[int], list[dict]] = ([], [])  # all ranks' (image ids, results) of evaluate()
 
@@ -188,20 +188,15 @@ class COCOEvaluator:
                 continue
             self._seen.add(int(image_id))
             self._image_ids.append(int(image_id))
-            self._results.extend(to_coco_results(image_id, det))
-
-    @property
-    def results(self) -> list[dict]:
-        """COCO results entries of this rank."""
-        return self._results
+            self.results.extend(to_coco_results(image_id, det))
 
     def gather(self) -> tuple[list[int], list[dict]]:
         """All ranks' image ids and results (on every rank); an image run twice (a padded
         distributed sampler) counts once."""
-        parts = [(self._image_ids, self._results)]
+        parts = [(self._image_ids, self.results)]
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             parts = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, (self._image_ids, self._results))
+            dist.all_gather_object(parts, (self._image_ids, self.results))
         image_ids: list[int] = []
         results: list[dict] = []
         seen: set[int] = set()
