@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ..preprocess import read_image, to_float_tensor
 from ..fast.records import ImageRecords, gc_paused, load_json, parse_annotations
-from .validate import CocoFormatError, check_image_paths, check_top_level, validate_coco
+from .validate import CocoFormatError, check_image_paths, validate_coco
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,6 @@ class CocoDetection(Dataset):
             raise self._err(f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
         except (OSError, UnicodeDecodeError) as e:
             raise self._err(f"cannot read: {e}") from None
-        check_top_level(data, self.annotation_file)
         return data
 
     def _validate(self, data: dict) -> tuple[list[dict], dict[int, dict], list]:
