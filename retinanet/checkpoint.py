@@ -133,10 +133,8 @@ def is_torchvision_state_dict(state: dict) -> bool:
 
 _TV_RULES = [
     (r"^backbone\.body\.", "backbone.body."),
-    (r"^backbone\.fpn\.inner_blocks\.(\d)\.0\.", r"fpn.lateral.\1."),
-    (r"^backbone\.fpn\.inner_blocks\.(\d)\.", r"fpn.lateral.\1."),
-    (r"^backbone\.fpn\.layer_blocks\.(\d)\.0\.", r"fpn.output.\1."),
-    (r"^backbone\.fpn\.layer_blocks\.(\d)\.", r"fpn.output.\1."),
+    (r"^backbone\.fpn\.inner_blocks\.(\d)\.(?:0\.)?", r"fpn.lateral.\1."),  # 0.: Conv2dNormActivation
+    (r"^backbone\.fpn\.layer_blocks\.(\d)\.(?:0\.)?", r"fpn.output.\1."),
     (r"^backbone\.fpn\.extra_blocks\.(p[67])\.", r"fpn.\1."),
     (r"^head\.classification_head\.conv\.(\d)\.0\.", r"head.cls_tower.\1.conv."),
     (r"^head\.classification_head\.conv\.(\d)\.1\.", r"head.cls_tower.\1.norm."),

@@ -125,8 +125,6 @@ class InputConfig:
     min_size_test: int = 800
     max_size_test: int = 1333
     size_divisible: int = 128  # P7 stride: exact strides on every level
-    pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # RGB in [0, 1]
-    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     flip_prob: float = 0.5
     color_jitter: float = 0.0  # probability of photometric jitter
     # Large images: train on random crop_train x crop_train crops of the image scaled by crop_scale instead
@@ -137,6 +135,8 @@ class InputConfig:
     crop_scale: float = 1.0
     crop_min_visibility: float = 0.5
     crop_background_prob: float = 0.1
+    pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # RGB in [0, 1]
+    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -164,16 +164,16 @@ class DataloaderConfig:
 
 @dataclass(frozen=True)
 class SolverConfig:
-    ims_per_batch: int = 16
-    base_lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    weight_decay_norm_bias: Optional[float] = None  # None: same as weight_decay
     max_iter: int = 90000
     steps: tuple[int, ...] = (60000, 80000)
     lr_decay: float = 0.1
     warmup_iters: int = 1000
     warmup_factor: float = 0.001
+    ims_per_batch: int = 16
+    base_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    weight_decay_norm_bias: Optional[float] = None  # None: same as weight_decay
     clip_grad_norm: float = 0.0  # 0 disables
 
 

@@ -54,19 +54,17 @@ def alpha_balanced_bce(logits: Tensor, targets: Tensor, alpha: float = 0.25, red
 
 
 def focal_loss_star(logits: Tensor, targets: Tensor, gamma: float = 2.0, beta: float = 1.0,
-                    alpha: float = -1.0, reduction: str = "none") -> Tensor:
-    """FL* (paper, appendix A): -log(sigmoid(gamma * x_t + beta)) / gamma.
+                    reduction: str = "none") -> Tensor:
+    """FL* (paper, appendix A): -log(sigmoid(gamma * x_t + beta)) / gamma, without alpha weighting.
 
     x_t = x for positives and -x for negatives. Finite for any logit: -log(sigmoid(z)) is
-    computed as softplus(-z). ``alpha >= 0`` adds alpha_t weighting (off by default, as in the paper).
+    computed as softplus(-z).
     """
     if gamma <= 0:
         raise ValueError(f"focal_loss_star needs gamma > 0, got {gamma}")
     targets = targets.to(logits.dtype)
     x_t = logits * (2 * targets - 1)
     loss = F.softplus(-(gamma * x_t + beta)) / gamma
-    if alpha >= 0:
-        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
     return _reduce(loss, reduction)
 
 

@@ -118,13 +118,6 @@ def poly1_focal_loss(logits: Tensor, targets: Tensor, epsilon: float = 1.0, alph
     return _reduce(loss, reduction)
 
 
-def modulator_factor(name: str, p_t: Tensor, gamma: float = 2.0) -> Tensor:
-    """f(p_t) of a named modulator (for plots and tests): ``power`` is (1 - p_t)^gamma."""
-    if name == "power":
-        return (1 - p_t) ** gamma
-    return _modulator_fn(name)(p_t)
-
-
 CLASS_LOSSES = get_args(ClassLoss)
 
 

@@ -71,15 +71,21 @@ class PostProcessor:
         at most ``detections_per_img``."""
         return batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
 
-    def __call__(self, outputs: DenseOutputs, image_sizes: Sequence[tuple[int, int]]) -> list[dict[str, Tensor]]:
-        """Detections per image: boxes (D, 4) xyxy in the resized image, scores (D,), labels (D,)."""
+    def per_image(self, outputs: DenseOutputs, image_sizes: Sequence[tuple[int, int]],
+                  nms: bool = True) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Per image (boxes (D, 4) xyxy in the resized image, scores (D,), labels (D,)): the detections, or
+        without ``nms`` the pre-NMS candidates (to merge with those of other views or tiles first)."""
         boxes, scores, labels, keep = self.candidates(outputs, image_sizes)
         results = []
         for i in range(boxes.shape[0]):
             b, s, l = boxes[i][keep[i]], scores[i][keep[i]], labels[i][keep[i]]
-            kept = self.select(b, s, l)
-            results.append({"boxes": b[kept], "scores": s[kept], "labels": l[kept]})
+            kept = self.select(b, s, l) if nms else slice(None)
+            results.append((b[kept], s[kept], l[kept]))
         return results
+
+    def __call__(self, outputs: DenseOutputs, image_sizes: Sequence[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """Detections per image: boxes (D, 4) xyxy in the resized image, scores (D,), labels (D,)."""
+        return [{"boxes": b, "scores": s, "labels": l} for b, s, l in self.per_image(outputs, image_sizes)]
 
 
 def rescale_boxes(boxes: Tensor, resized_size: tuple[int, int], original_size: tuple[int, int]) -> Tensor:

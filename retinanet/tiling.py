@@ -46,13 +46,7 @@ def _tile_candidates(detector, image: Tensor, tiles: Sequence[tuple[int, int, in
         crops = [image[:, y0:y1, x0:x1] for y0, x0, y1, x1 in chunk]
         sizes = [(c.shape[1], c.shape[2]) for c in crops]
         batch, resized, _ = detector.preprocess(crops, min(min(s) for s in sizes), max(max(s) for s in sizes))
-        outputs = detector.network(batch)
-        post = detector.postprocessor
-        if final:
-            per_tile = [(d["boxes"], d["scores"], d["labels"]) for d in post(outputs, resized)]
-        else:
-            boxes, scores, labels, keep = post.candidates(outputs, resized)
-            per_tile = [(boxes[i][keep[i]], scores[i][keep[i]], labels[i][keep[i]]) for i in range(len(chunk))]
+        per_tile = detector.postprocessor.per_image(detector.network(batch), resized, nms=final)
         for (b, s, l), (y0, x0, _, _), size, original in zip(per_tile, chunk, resized, sizes):
             shift = torch.tensor([x0, y0, x0, y0], dtype=b.dtype, device=b.device)
             out.append((rescale_boxes(b, size, original) + shift, s, l))
@@ -101,12 +95,7 @@ def predict_tiled(detector, images: Sequence[ImageInput], tile: int, overlap: fl
         parts = _tile_candidates(detector, image, tiles, batch_size, final=merge == "nmm")
         if full_pass:
             batch, sizes, originals = detector.preprocess([image])
-            if merge == "nmm":
-                d = post(detector.network(batch), sizes)[0]
-                b, s, l = d["boxes"], d["scores"], d["labels"]
-            else:
-                boxes, scores, labels, keep = post.candidates(detector.network(batch), sizes)
-                b, s, l = boxes[0][keep[0]], scores[0][keep[0]], labels[0][keep[0]]
+            b, s, l = post.per_image(detector.network(batch), sizes, nms=merge == "nmm")[0]
             parts.append((rescale_boxes(b, sizes[0], originals[0]), s, l))
         b, s, l = (torch.cat(t) for t in zip(*parts))
         if merge == "nms":

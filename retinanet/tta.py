@@ -51,10 +51,10 @@ def predict_tta(detector, images: Sequence[ImageInput], batch_size: int = 4,
         for min_size, max_size, flip in views:
             view = [im.flip(-1) for im in chunk] if flip else chunk
             x, sizes, originals = detector.preprocess(view, min_size, max_size)
-            boxes, scores, labels, keep = post.candidates(detector.network(x), sizes)
-            for i, original in enumerate(originals):
-                b = rescale_boxes(boxes[i][keep[i]], sizes[i], original)
-                pooled[i].append((hflip_boxes(b, original[1]) if flip else b, scores[i][keep[i]], labels[i][keep[i]]))
+            candidates = post.per_image(detector.network(x), sizes, nms=False)
+            for i, ((b, s, l), original) in enumerate(zip(candidates, originals)):
+                b = rescale_boxes(b, sizes[i], original)
+                pooled[i].append((hflip_boxes(b, original[1]) if flip else b, s, l))
         for parts, original in zip(pooled, originals):
             b, s, l = (torch.cat(t) for t in zip(*parts))
             kept = post.select(b, s, l)

@@ -78,8 +78,7 @@ def infer_video(detector, path: Path, out_dir: Path, score_thresh: float = 0.3, 
                     writer = cv2.VideoWriter(str(out_dir / f"{name}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
                     if not writer.isOpened():
                         raise VideoError(f"OpenCV cannot write {out_dir / f'{name}.mp4'} (mp4v codec missing?)")
-                drawn = draw_detections(image, det["boxes"].numpy(), det["names"], det["scores"].numpy(),
-                                        det["labels"].numpy())
+                drawn = draw_detections(image, det["boxes"], det["names"], det["scores"], det["labels"])
                 writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
                 entries = to_coco_results(n_frames, det)
                 for e, label_name in zip(entries, det["names"]):

@@ -5,7 +5,7 @@
         --weights ../shared/weights/mobilenet_v2_imagenet_features.pth
     python scripts/large_images_benchmark.py --data ../shared/data/bccd --crop 320 --tile 320 ...
 
-``--data generated`` writes a large-scene set (``retinanet.data.large_scenes``: 1600x2000 images with
+``--data generated`` writes a large-scene set (``scripts/large_scenes.py``: 1600x2000 images with
 100-300 objects of 12-40 px) under --output first; otherwise it is a COCO folder with images/ and
 annotations/{train,val}.json. Both runs start from configs/examples/large_images_mobilenet.yaml with the
 same iterations, batch, seed and backbone weights:
@@ -44,7 +44,7 @@ def main() -> None:
     out = Path(args.output)
     data = Path(args.data)
     if args.data == "generated":
-        from retinanet.data.large_scenes import make_large_scenes_coco
+        from large_scenes import make_large_scenes_coco
         data = out / "data"
         if not (data / "annotations" / "val.json").is_file():
             make_large_scenes_coco(data, num_train=8, num_val=3)

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from retinanet.modulated import modulator_factor  # noqa: E402
+from retinanet.modulated import MODULATORS  # noqa: E402
 
 
 Curves = dict[str, torch.Tensor]
@@ -30,9 +30,9 @@ def curves(gammas: list[float], points: int = 400) -> tuple[torch.Tensor, Curves
     """p_t (points,), {label: f(p_t)}, {label: -f(p_t) log p_t} for every plotted member."""
     p_t = torch.linspace(1e-3, 1.0, points, dtype=torch.float64)
     factors = {"CE (f = 1)": torch.ones_like(p_t)}
-    factors.update({f"(1 − p_t)^{g:g}": modulator_factor("power", p_t, gamma=g) for g in gammas})
-    factors.update({"cos(p_t)": modulator_factor("cos", p_t), "exp(−p_t)": modulator_factor("exp", p_t),
-                    "exp(−p_t²)": modulator_factor("exp_sq", p_t)})
+    factors.update({f"(1 − p_t)^{g:g}": (1 - p_t) ** g for g in gammas})
+    factors.update({"cos(p_t)": MODULATORS["cos"](p_t), "exp(−p_t)": MODULATORS["exp"](p_t),
+                    "exp(−p_t²)": MODULATORS["exp_sq"](p_t)})
     ce = -torch.log(p_t)
     losses = {label: f * ce for label, f in factors.items()}
     losses["Poly-1 (γ 2, ε 1)"] = (1 - p_t) ** 2 * ce + (1 - p_t) ** 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,11 @@ import pytest
 from conftest import tiny_overrides
 from retinanet.cli import main
 from retinanet.config_loader import load_config
-from retinanet.data.large_scenes import make_large_scenes_coco
 from retinanet.data.transforms import build_transforms
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from large_scenes import make_large_scenes_coco  # noqa: E402
 
 
 def _transform(*overrides: str):

@@ -1,5 +1,6 @@
 """Subcommands of the ``retinanet`` CLI: each module has ``add_arguments(parser)`` and ``run(args)``."""
 import argparse
+import logging
 
 
 def positive_int(text: str) -> int:
@@ -26,3 +27,9 @@ def with_tile_overrides(args: argparse.Namespace) -> list[str]:
     extra = [f"evaluation.tile={args.tile}"] if args.tile is not None else []
     extra += [f"evaluation.tile_overlap={args.tile_overlap}"] if args.tile_overlap is not None else []
     return list(args.overrides) + extra
+
+
+def setup_logging() -> None:
+    """INFO logs to stderr, unless the caller (a test, an embedding program) configured logging already."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -10,7 +10,8 @@ The rules (pixel conventions, difficult objects, bad lines) are in retinanet/dat
 from __future__ import annotations
 
 import argparse
-import logging
+
+from . import setup_logging
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,8 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data.convert import convert
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     convert(args.format, args.labels, args.images, args.output, classes=args.classes, difficult=args.difficult,
             skip_bad=args.skip_bad, split_val=args.split_val, seed=args.seed)
     return 0

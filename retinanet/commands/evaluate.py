@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config_loader import load_config
 from ..jsonio import write_json
-from . import add_tile_arguments, positive_int, with_tile_overrides
+from . import add_tile_arguments, positive_int, setup_logging, with_tile_overrides
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,11 +26,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N (default: train.device)")
     add_tile_arguments(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. evaluation.tta=true")
-
-
-def setup_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
 def run(args: argparse.Namespace) -> int:

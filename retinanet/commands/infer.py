@@ -17,7 +17,7 @@ from pathlib import Path
 from ..data.labels import IMAGE_EXTENSIONS
 from ..jsonio import write_json
 from ..video import VIDEO_SUFFIXES
-from . import add_tile_arguments, positive_int, with_tile_overrides
+from . import add_tile_arguments, positive_int, setup_logging, with_tile_overrides
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (default: the one stored in the checkpoint)")
@@ -82,7 +82,6 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import to_coco_results
     from ..preprocess import read_image
     from ..visualize import draw_detections
-    from .evaluate import setup_logging
 
     setup_logging()
     paths, unmatched = collect_inputs(args.input)
@@ -123,8 +122,7 @@ def run(args: argparse.Namespace) -> int:
             if batch:
                 dets = detector.predict([b[2] for b in batch], batch_size=len(batch), score_thresh=args.score_thresh)
                 for (image_id, path, image), det in zip(batch, dets):
-                    drawn = draw_detections(image, det["boxes"].numpy(), det["names"], det["scores"].numpy(),
-                                            det["labels"].numpy())
+                    drawn = draw_detections(image, det["boxes"], det["names"], det["scores"], det["labels"])
                     Image.fromarray(drawn).save(out / _output_name(path, used))
                     predictions += [{**r, "file_name": str(path)} for r in to_coco_results(image_id, det)]
             bar.update(len(indexed[start:start + args.batch_size]))

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ..preprocess import read_image, to_float_tensor
 from ..fast.records import ImageRecords, gc_paused, load_json, parse_annotations
-from .validate import CocoFormatError, check_top_level, validate_coco
+from .validate import CocoFormatError, check_image_paths, validate_coco
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +69,12 @@ class CocoDetection(Dataset):
             raise self._err(f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
         except (OSError, UnicodeDecodeError) as e:
             raise self._err(f"cannot read: {e}") from None
-        check_top_level(data, self.annotation_file)
         return data
 
     def _validate(self, data: dict) -> tuple[list[dict], dict[int, dict], list]:
         # The shared validator reports every malformed entry; degenerate boxes pass, to be dropped below.
-        validate_coco(data, self.annotation_file, "train", self.root)
+        validate_coco(data, self.annotation_file, "train")
+        check_image_paths(data["images"], self.root, self.annotation_file)
         categories = {c["id"]: {"id": c["id"], "name": c["name"]} for c in data["categories"]}
         images = {im["id"]: {"file_name": im["file_name"], "height": im["height"], "width": im["width"]}
                   for im in data["images"]}

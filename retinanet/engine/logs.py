@@ -6,8 +6,6 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-
 log = logging.getLogger("retinanet")
 
 
@@ -42,8 +40,7 @@ def draw_val_predictions(detector: Any, images: list[dict], root: Path, writer: 
         except OSError:
             continue
         det = detector.predict(image, score_thresh=0.3)
-        drawn = np.asarray(draw_detections(image, det["boxes"].numpy(), det["names"], det["scores"].numpy(),
-                                           det["labels"].numpy()))
+        drawn = draw_detections(image, det["boxes"], det["names"], det["scores"], det["labels"])
         writer.add_image(f"val/{i}", drawn, iteration, dataformats="HWC")
         if save_dir is not None:
             save_dir.mkdir(exist_ok=True)

@@ -70,9 +70,6 @@ class Trainer:
         self.cfg = cfg = with_categories(cfg, self.dataset.categories, f"the training annotations "
                                                                        f"{cfg.data.train.annotations}")
         self.categories = categories_of(cfg)
-        if cfg.solver.ims_per_batch % self.world:
-            raise ValueError(f"solver.ims_per_batch ({cfg.solver.ims_per_batch}) must be divisible by the number "
-                             f"of processes ({self.world})")
         model = build_model(cfg)
         if cfg.model.weights and not (resume and (self.output / "checkpoints" / "last.pth").is_file()):
             load_matching(model, read_detector_weights(cfg.model.weights), cfg.model.weights)  # fine-tuning

@@ -23,7 +23,7 @@ from ..config import EvalBackend
 from ..fast.records import load_json
 from ..data.validate import validate_coco, validate_results
 from ..jsonio import write_json
-from .ground_truth import METRIC_NAMES, metrics_of_nothing, warn_dense, warn_if_undefined
+from .ground_truth import METRIC_NAMES, warn_dense, warn_if_undefined
 
 logger = logging.getLogger(__name__)
 
@@ -113,14 +113,12 @@ def compute_metrics(gt: COCO, results: list[dict], backend: str = "faster_coco_e
     if unknown:
         raise ValueError(f"results hold image ids that are not in the annotations: {unknown[:10]}")
     warn_dense(gt, max_dets, image_ids)
-    if not results:  # COCOeval cannot load an empty result set
-        empty = warn_if_undefined(metrics_of_nothing(gt, names, image_ids, max_dets))
-        return (empty, None) if return_eval else empty
     with contextlib.redirect_stdout(io.StringIO()):
         gt_b = convert_gt(gt)
         # loadRes adds fields (id, area, segmentation) to each dict: shallow copies keep the caller's
-        # intact (a deepcopy of 500k results took longer than the evaluation itself).
-        dt = gt_b.loadRes([dict(r) for r in results])
+        # intact (a deepcopy of 500k results took longer than the evaluation itself). pycocotools'
+        # loadRes fails on an empty list; no detections is the ground truth without its annotations.
+        dt = gt_b.loadRes([dict(r) for r in results]) if results else _without_annotations(gt_b)
         kwargs = {"print_function": lambda *a, **k: None} if backend == "faster_coco_eval" else {}
         ev = eval_cls(gt_b, dt, "bbox", **kwargs)
         if image_ids is not None:
@@ -134,21 +132,29 @@ def compute_metrics(gt: COCO, results: list[dict], backend: str = "faster_coco_e
     precision, recall = np.asarray(ev.eval["precision"]), np.asarray(ev.eval["recall"])
     t50, t75 = (int(np.argmin(np.abs(np.asarray(ev.params.iouThrs) - t))) for t in (0.5, 0.75))
     metrics: dict[str, Any] = {
-        "AP": _mean_defined(precision[..., 0, 2]), "AP50": _mean_defined(precision[t50, ..., 0, 2]),
-        "AP75": _mean_defined(precision[t75, ..., 0, 2]), "APs": _mean_defined(precision[..., 1, 2]),
-        "APm": _mean_defined(precision[..., 2, 2]), "APl": _mean_defined(precision[..., 3, 2]),
-        "AR1": _mean_defined(recall[..., 0, 0]), "AR10": _mean_defined(recall[..., 0, 1]),
-        "AR100": _mean_defined(recall[..., 0, 2])}
+        "AP": mean_defined(precision[..., 0, 2]), "AP50": mean_defined(precision[t50, ..., 0, 2]),
+        "AP75": mean_defined(precision[t75, ..., 0, 2]), "APs": mean_defined(precision[..., 1, 2]),
+        "APm": mean_defined(precision[..., 2, 2]), "APl": mean_defined(precision[..., 3, 2]),
+        "AR1": mean_defined(recall[..., 0, 0]), "AR10": mean_defined(recall[..., 0, 1]),
+        "AR100": mean_defined(recall[..., 0, 2])}
     if max_dets > 100:
-        metrics[f"AP@{max_dets}"] = _mean_defined(precision[..., 0, 3])
-        metrics[f"AR@{max_dets}"] = _mean_defined(recall[..., 0, 3])
-    metrics["per_category"] = {names[cat_id]: _mean_defined(precision[:, :, k, 0, 2])
+        metrics[f"AP@{max_dets}"] = mean_defined(precision[..., 0, 3])
+        metrics[f"AR@{max_dets}"] = mean_defined(recall[..., 0, 3])
+    metrics["per_category"] = {names[cat_id]: mean_defined(precision[:, :, k, 0, 2])
                                for k, cat_id in enumerate(ev.params.catIds)}
     warn_if_undefined(metrics)
-    return (metrics, ev) if return_eval else metrics
+    return (metrics, ev if results else None) if return_eval else metrics
 
 
-def _mean_defined(values: np.ndarray) -> float:
+def _without_annotations(gt: Any) -> Any:
+    """A COCO (of ``gt``'s class) with ``gt``'s images and categories and no annotations."""
+    empty = type(gt)()
+    empty.dataset = dict(gt.dataset, annotations=[])
+    empty.createIndex()
+    return empty
+
+
+def mean_defined(values: np.ndarray) -> float:
     """Percent mean of the entries COCOeval defines (> -1); NaN when none is."""
     v = values[values > -1]
     return float(np.mean(v)) * 100 if v.size else float("nan")
@@ -170,7 +176,7 @@ class COCOEvaluator:
     def reset(self) -> None:
         self._image_ids: list[int] = []
         self._seen: set[int] = set()
-        self._results: list[dict] = []
+        self.results: list[dict] = []  # COCO results entries of this rank
         self.coco_eval = None  # the accumulated COCOeval of the last evaluate() (rank 0), for reports
         self.gathered: tuple[list[int], list[dict]] = ([], [])  # all ranks' (image ids, results) of evaluate()
 
@@ -182,20 +188,15 @@ class COCOEvaluator:
                 continue
             self._seen.add(int(image_id))
             self._image_ids.append(int(image_id))
-            self._results.extend(to_coco_results(image_id, det))
-
-    @property
-    def results(self) -> list[dict]:
-        """COCO results entries of this rank."""
-        return self._results
+            self.results.extend(to_coco_results(image_id, det))
 
     def gather(self) -> tuple[list[int], list[dict]]:
         """All ranks' image ids and results (on every rank); an image run twice (a padded
         distributed sampler) counts once."""
-        parts = [(self._image_ids, self._results)]
+        parts = [(self._image_ids, self.results)]
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             parts = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, (self._image_ids, self._results))
+            dist.all_gather_object(parts, (self._image_ids, self.results))
         image_ids: list[int] = []
         results: list[dict] = []
         seen: set[int] = set()

@@ -14,30 +14,6 @@ logger = logging.getLogger(__name__)
 
 METRIC_NAMES = get_args(MetricName)  # the standard COCO bbox metrics, in COCOeval.stats order
 
-# COCOeval's area ranges (px^2) of AP/AR, APs, APm, APl.
-AREA_RANGES = {"all": (0, 1e10), "small": (0, 32 ** 2), "medium": (32 ** 2, 96 ** 2), "large": (96 ** 2, 1e10)}
-
-
-def metrics_of_nothing(gt: COCO, names: dict, image_ids: Union[list[int], None],
-                        max_dets: int = 100) -> dict[str, Any]:
-    """The metrics of an empty result set, as COCOeval defines them: 0 where some ground truth could have
-    been found, NaN (undefined, written as null) where there is none, as when something was detected."""
-    ids = None if image_ids is None else set(int(i) for i in image_ids)
-    anns = [a for a in gt.dataset.get("annotations", []) if not a.get("iscrowd", 0)
-            and (ids is None or a["image_id"] in ids)]  # crowd regions are never to be found
-
-    def score(cats=None, area="all") -> float:
-        lo, hi = AREA_RANGES[area]
-        found = any(lo <= a["area"] <= hi and (cats is None or a["category_id"] in cats) for a in anns)
-        return 0.0 if found else float("nan")
-
-    areas = {"APs": "small", "APm": "medium", "APl": "large"}
-    metrics: dict[str, Any] = {k: score(area=areas.get(k, "all")) for k in METRIC_NAMES}
-    if max_dets > 100:
-        metrics[f"AP@{max_dets}"] = metrics[f"AR@{max_dets}"] = score()
-    metrics["per_category"] = {name: score({cat}) for cat, name in names.items()}
-    return metrics
-
 
 def warn_dense(gt: COCO, max_dets: int, image_ids: Union[list[int], None] = None) -> int:
     """Logs a warning when an image holds more ground-truth objects than ``max_dets`` detections can find

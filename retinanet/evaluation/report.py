@@ -24,6 +24,8 @@ import torch
 from torchvision.ops import box_convert
 
 from ..jsonio import write_json
+from .coco_evaluator import mean_defined
+from .ground_truth import METRIC_NAMES
 from .confusion import confusion_matrix, normalize_rows
 from .report_plots import confusion_plot, pr_curves
 
@@ -53,9 +55,7 @@ def per_class_table(coco, results: list[dict], coco_eval, image_ids: Sequence[in
                  if a["category_id"] == cat_id and a["image_id"] in ids and not a.get("iscrowd", 0))
         ap = ap50 = float("nan") if gt == 0 else 0.0
         if precision is not None:
-            p, p50 = precision[:, :, k, 0, 2], precision[t50, :, k, 0, 2]
-            ap = float(p[p > -1].mean()) * 100 if (p > -1).any() else float("nan")
-            ap50 = float(p50[p50 > -1].mean()) * 100 if (p50 > -1).any() else float("nan")
+            ap, ap50 = mean_defined(precision[:, :, k, 0, 2]), mean_defined(precision[t50, :, k, 0, 2])
         rows.append({"name": coco.cats[cat_id]["name"], "id": cat_id, "AP": ap, "AP50": ap50, "gt": gt,
                      "detections": sum(1 for r in results if r["category_id"] == cat_id)})
     return rows
@@ -98,7 +98,7 @@ def _fmt(v: Any) -> str:
 def render_html(title: str, metrics: dict, table: list[dict], plots: dict[str, str],
                 gallery: list[tuple[str, str]], notes: str) -> str:
     """The report page; ``plots`` maps a heading to a data URI, ``gallery`` holds (caption, data URI)."""
-    keys = [k for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100") if k in metrics]
+    keys = [k for k in METRIC_NAMES if k in metrics]
     cols = ["name", "id", "AP", "AP50", "gt", "detections"]
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
              "body{font-family:sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0}"

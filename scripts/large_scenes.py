@@ -3,7 +3,8 @@
 Two classes: round "crowns" (ellipses, long side 12-40 px) and "vehicles" (axis-aligned rectangles, 2:1).
 Objects do not overlap, so every drawn object is fully visible and its box is exact. Shrinking such an image
 to a usual 800 px test size makes most objects smaller than the smallest anchor: the case that crop training
-and tiled inference are for. Every image depends only on (seed, split, index).
+and tiled inference are for. Every image depends only on (seed, split, index). Used by
+large_images_benchmark.py and the tests.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..jsonio import atomic_write, write_json
-from .synthetic import _background
+from retinanet.data.synthetic import _background
+from retinanet.jsonio import atomic_write, write_json
 
 CATEGORIES = [{"id": 1, "name": "crown"}, {"id": 2, "name": "vehicle"}]
 
