@@ -51,7 +51,7 @@ def conv_flops(model: nn.Module, batch: torch.Tensor) -> dict[str, float]:
     flops: dict[str, float] = defaultdict(float)
 
     def hook(conv: nn.Conv2d, _inputs: tuple, out: torch.Tensor) -> None:
-        k, c = conv.out_channels, conv.in_channels // conv.groups
+        c = conv.in_channels // conv.groups
         kh, kw = conv.kernel_size
         group = {1: "1x1 conv", 7: "7x7 stem"}.get(kh, "3x3 conv")
         if (group == "3x3 conv" and winograd.winograd_eligible(conv) and conv.in_channels >= 256
