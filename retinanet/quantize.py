@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Union
-
-import onnx
+from typing import TYPE_CHECKING, Iterator, Optional, Union
 
 from .config_loader import load_config
 from .data.labels import IMAGE_EXTENSIONS
 from .detector import Detector
 from .preprocess import read_image
+
+if TYPE_CHECKING:
+    import onnx
 
 METHODS = ("minmax", "entropy", "percentile")
 
@@ -75,6 +76,7 @@ def quantize_onnx(fp32_path: Union[str, Path], int8_path: Union[str, Path], dete
     calibrated on ``files`` preprocessed by ``detector``. ``keep_predictors_fp32`` leaves the convs
     that write the outputs in fp32. The file keeps the fp32 file's metadata and gains ``retinanet_int8``
     (JSON: calibration method and image count, the quantized and the fp32 nodes)."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
     if method not in METHODS:
@@ -94,9 +96,12 @@ def quantize_onnx(fp32_path: Union[str, Path], int8_path: Union[str, Path], dete
                         # bounds calibration memory: ranges are merged every 8 images, not kept per tensor
                         extra_options={"CalibMaxIntermediateOutputs": 8})
     model = onnx.load(str(int8_path))
-    fed_by_dq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    # Integer kernels run where a node reads dequantized inputs and its output is quantized again
+    # (onnxruntime fuses DQ -> op -> Q); the excluded predictors read int8 data but compute in fp32.
+    dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    q_in = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
     compute = [n for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
-    quantized = [n.name for n in compute if fed_by_dq & set(n.input)]
+    quantized = [n.name for n in compute if dq_out & set(n.input) and q_in & set(n.output)]
     info = {"calibration": method, "calibration_images": len(files), "format": "QDQ, per-channel int8 weights, "
             "uint8 activations", "quantized_nodes": quantized,
             "fp32_nodes": [n.name for n in compute if n.name not in quantized]}
