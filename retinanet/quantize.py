@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Union
 
 from .config_loader import load_config
 from .data.labels import IMAGE_EXTENSIONS
 from .detector import Detector
-from .preprocess import read_image
+from .preprocess import ImageInput
 
 if TYPE_CHECKING:
     import onnx
@@ -46,18 +46,18 @@ def calibration_images(source: Union[str, Path], count: int) -> list[Path]:
     return files[::step][:count]
 
 
-def _reader(detector: Detector, files: list[Path]):
+def _reader(detector: Detector, files: Sequence[ImageInput]):
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         """One preprocessed image (1, 3, H, W) per call: the image sizes differ, as at inference."""
 
         def __init__(self) -> None:
-            self.items: Iterator[Path] = iter(files)
+            self.items: Iterator[ImageInput] = iter(files)
 
         def get_next(self) -> Optional[dict]:
-            path = next(self.items, None)
-            return None if path is None else {"images": detector.preprocess([read_image(path)])[0].cpu().numpy()}
+            item = next(self.items, None)
+            return None if item is None else {"images": detector.preprocess([item])[0].cpu().numpy()}
 
         def rewind(self) -> None:
             self.items = iter(files)
@@ -71,10 +71,10 @@ def predictor_convs(model: onnx.ModelProto) -> list[str]:
 
 
 def quantize_onnx(fp32_path: Union[str, Path], int8_path: Union[str, Path], detector: Detector,
-                  files: list[Path], method: str = "minmax", keep_predictors_fp32: bool = True) -> Path:
+                  files: Sequence[ImageInput], method: str = "minmax", keep_predictors_fp32: bool = True) -> Path:
     """Writes ``int8_path``, the static int8 version of the plain-conv ONNX file ``fp32_path``,
-    calibrated on ``files`` preprocessed by ``detector``. ``keep_predictors_fp32`` leaves the convs
-    that write the outputs in fp32. The file keeps the fp32 file's metadata and gains ``retinanet_int8``
+    calibrated on ``files`` (image paths, arrays or tensors) preprocessed by ``detector``.
+    ``keep_predictors_fp32`` leaves the convs that write the outputs in fp32. The file keeps the fp32 file's metadata and gains ``retinanet_int8``
     (JSON: calibration method and image count, the quantized and the fp32 nodes)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
