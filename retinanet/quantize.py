@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Union
 
+from .config import Config
 from .config_loader import load_config
 from .data.labels import IMAGE_EXTENSIONS
 from .detector import Detector
@@ -113,15 +114,20 @@ def quantize_onnx(fp32_path: Union[str, Path], int8_path: Union[str, Path], dete
     return int8_path
 
 
-def onnx_ap(path: Union[str, Path], overrides: list[str] = ()) -> float:
-    """COCO AP (0-100) of an exported file on the ``data.val`` set of its stored config (plus ``overrides``)."""
+def val_set(calibration: Union[str, Path], cfg: Config) -> tuple[str, str]:
+    """(images folder, annotations file) the AP check scores: the ``calibration`` config's data.val,
+    else (a folder) ``cfg``'s own."""
+    val = load_config(calibration).data.val if Path(calibration).is_file() else cfg.data.val
+    if not (val.images and val.annotations and Path(val.annotations).is_file()):
+        raise ValueError(f"the int8 AP check needs a val set: data.val.annotations={val.annotations!r} is not a file "
+                         f"(give --calibration a config with one, pass data.val.images=... data.val.annotations=..., "
+                         f"or skip the check with --no-verify)")
+    return val.images, val.annotations
+
+
+def onnx_ap(path: Union[str, Path], images: str, annotations: str) -> float:
+    """COCO AP (0-100) of an exported file on the images of ``annotations`` under ``images``."""
     from .evaluation import inference_on_coco, load_coco
     from .runtime import load_exported
-    detector = load_exported(path, overrides=overrides)
-    val = detector.cfg.data.val
-    if not (val.images and val.annotations and Path(val.annotations).is_file()):
-        raise ValueError(f"the int8 AP check needs a val set: data.val.annotations={val.annotations!r} is not a "
-                         f"file (pass a config with --calibration, data.val.images=... data.val.annotations=..., "
-                         f"or --no-verify)")
-    _, evaluator = inference_on_coco(detector, val.images, load_coco(val.annotations), progress=False)
+    _, evaluator = inference_on_coco(load_exported(path), images, load_coco(annotations), progress=False)
     return float(evaluator.evaluate()["AP"])

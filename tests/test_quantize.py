@@ -49,7 +49,7 @@ def setup(tmp_path_factory) -> dict:
 def test_export_writes_fp32_and_int8_and_prints_both_aps(setup):
     assert setup["rc"] == 0, setup["err"]
     assert setup["fp32"].is_file() and setup["int8"].is_file()
-    assert "AP fp32 " in setup["err"] and ", int8 " in setup["err"] and ": ok" in setup["err"]
+    assert "AP on " in setup["err"] and ": fp32 " in setup["err"] and ", int8 " in setup["err"] and ": ok" in setup["err"]
     assert setup["int8"].stat().st_size < 0.5 * setup["fp32"].stat().st_size  # int8 weights
 
 
@@ -108,15 +108,16 @@ def test_calibration_sources(setup, tmp_path):
     assert calibration_images(setup["config"], 100) == sorted(setup["images"].iterdir(), key=lambda p: int(p.stem[4:]))
 
 
-@pytest.mark.parametrize("case", ["empty", "missing", "no_data", "no_calibration"])
+@pytest.mark.parametrize("case", ["empty", "missing", "no_data", "no_calibration", "no_val"])
 def test_bad_calibration_input_one_line(setup, tmp_path, case):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no images")
     no_data = tmp_path / "no_data.yaml"
     no_data.write_text(yaml.safe_dump({"model": {"num_classes": 2}}))
+    # no_val: a folder calibrates, and the model's own val set is unset: nothing to score the AP on
     source = {"empty": [str(empty)], "missing": [str(tmp_path / "nowhere")], "no_data": [str(no_data)],
-              "no_calibration": []}[case]
+              "no_calibration": [], "no_val": [str(setup["images"]), "data.val.annotations="]}[case]
     out = tmp_path / "bad.int8.onnx"
     rc, err = _run(["export", "--weights", str(setup["ckpt"]), "--output", str(out), "--int8"]
                    + (["--calibration"] + source if source else []))
@@ -124,5 +125,5 @@ def test_bad_calibration_input_one_line(setup, tmp_path, case):
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     assert {"empty": "no image files", "missing": "nowhere", "no_data": "data.train",
-            "no_calibration": "--calibration"}[case] in lines[0]
+            "no_calibration": "--calibration", "no_val": "--no-verify"}[case] in lines[0]
     assert not out.exists() and not (tmp_path / "bad.fp32.onnx").exists()

@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
         from ..quantize import calibration_images
         files = calibration_images(args.calibration, args.calibration_images)
     detector = load_detector(args.weights, args.config, "cpu", args.overrides)
+    if args.int8 and not args.no_verify:
+        from ..quantize import val_set
+        val = val_set(args.calibration, detector.cfg)
     out = Path(args.output)
     fp32 = out.with_name(out.name.removesuffix(".onnx").removesuffix(".int8") + ".fp32.onnx") if args.int8 else out
     path = export_model(detector, fp32, fmt, args.opset, winograd=not (args.no_winograd or args.int8))
@@ -62,26 +65,18 @@ def run(args: argparse.Namespace) -> int:
               f"max box diff {box:.2e} px, max score diff {score:.2e}: {'ok' if ok else 'MISMATCH'}", file=sys.stderr)
         if not ok:
             return 1
-    return _int8(args, detector, fp32, files) if args.int8 else 0
-
-
-def _int8(args: argparse.Namespace, detector, fp32: Path, files: list) -> int:
-    """Quantizes ``fp32`` into --output; unless --no-verify, compares the two files' AP on the val set."""
-    from ..config_loader import load_config
+    if not args.int8:
+        return 0
     from ..quantize import onnx_ap, quantize_onnx
-    path = quantize_onnx(fp32, args.output, detector, files, args.calibration_method)
-    print(f"wrote {path} (int8, {args.calibration_method} calibration on {len(files)} images)", file=sys.stderr)
+    int8 = quantize_onnx(fp32, args.output, detector, files, args.calibration_method)
+    print(f"wrote {int8} (int8, {args.calibration_method} calibration on {len(files)} images)", file=sys.stderr)
     if args.no_verify:
         return 0
-    # The val set: the calibration config's, else the model's own (stored config plus overrides).
-    overrides = list(args.overrides)
-    if Path(args.calibration).is_file():
-        val = load_config(args.calibration).data.val
-        overrides += [f"data.val.images={val.images}", f"data.val.annotations={val.annotations}"]
-    ap32, ap8 = onnx_ap(fp32, overrides), onnx_ap(path, overrides)
-    print(f"AP fp32 {ap32:.2f}, int8 {ap8:.2f} (drop {ap32 - ap8:.2f}, allowed {args.max_ap_drop})", file=sys.stderr)
+    ap32, ap8 = onnx_ap(fp32, *val), onnx_ap(int8, *val)
+    print(f"AP on {val[1]}: fp32 {ap32:.2f}, int8 {ap8:.2f} (drop {ap32 - ap8:.2f}, allowed {args.max_ap_drop})",
+          file=sys.stderr)
     if ap32 - ap8 > args.max_ap_drop:
         print(f"error: int8 AP {ap8:.2f} is {ap32 - ap8:.2f} below fp32 AP {ap32:.2f} (--max-ap-drop "
-              f"{args.max_ap_drop}); {path} and {fp32} are kept but should not be deployed", file=sys.stderr)
+              f"{args.max_ap_drop}); {int8} and {fp32} are kept but should not be deployed", file=sys.stderr)
         return 1
     return 0
