@@ -75,8 +75,9 @@ def quantize_onnx(fp32_path: Union[str, Path], int8_path: Union[str, Path], dete
                   files: Sequence[ImageInput], method: str = "minmax", keep_predictors_fp32: bool = True) -> Path:
     """Writes ``int8_path``, the static int8 version of the plain-conv ONNX file ``fp32_path``,
     calibrated on ``files`` (image paths, arrays or tensors) preprocessed by ``detector``.
-    ``keep_predictors_fp32`` leaves the convs that write the outputs in fp32. The file keeps the fp32 file's metadata and gains ``retinanet_int8``
-    (JSON: calibration method and image count, the quantized and the fp32 nodes)."""
+    ``keep_predictors_fp32`` leaves the convs that write the outputs in fp32. The file keeps the fp32
+    file's metadata and gains ``retinanet_int8`` (JSON: calibration method and image count, the
+    quantized and the fp32 nodes)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -91,7 +92,7 @@ def quantize_onnx(fp32_path: Union[str, Path], int8_path: Union[str, Path], dete
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(int8_path), _reader(detector, files), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=excluded, op_types_to_quantize=["Conv", "Add", "Resize", "Relu", "Clip"],
+                        nodes_to_exclude=excluded,
                         calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                           "percentile": CalibrationMethod.Percentile}[method],
                         # bounds calibration memory: ranges are merged every 8 images, not kept per tensor

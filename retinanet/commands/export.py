@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                          "data.val) images calibrate and whose data.val set the AP check scores")
     p.add_argument("--calibration-images", type=positive_int, default=64, help="--int8: images to calibrate on")
     p.add_argument("--calibration-method", choices=METHODS, default="minmax", help="--int8: activation ranges")
+    p.add_argument("--quantize-predictors", action="store_true",
+                   help="--int8: quantize the last class and box convs too (by default they stay fp32)")
     p.add_argument("--max-ap-drop", type=float, default=1.0,
                    help="--int8: refuse (exit 1, files kept) when int8 AP is lower than fp32 AP by more than this")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -68,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.int8:
         return 0
     from ..quantize import onnx_ap, quantize_onnx
-    int8 = quantize_onnx(fp32, args.output, detector, files, args.calibration_method)
+    int8 = quantize_onnx(fp32, args.output, detector, files, args.calibration_method,
+                         keep_predictors_fp32=not args.quantize_predictors)
     print(f"wrote {int8} (int8, {args.calibration_method} calibration on {len(files)} images)", file=sys.stderr)
     if args.no_verify:
         return 0
