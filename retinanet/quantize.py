@@ -49,19 +49,22 @@ def calibration_images(source: Union[str, Path], count: int) -> list[Path]:
 
 def _reader(detector: Detector, files: Sequence[ImageInput]):
     from onnxruntime.quantization import CalibrationDataReader
+    # One padded batch, fed an image at a time: onnxruntime's histogram calibrators (entropy,
+    # percentile) stack each tensor over the images, so every image needs the same shape.
+    batch = detector.preprocess(list(files))[0].cpu().numpy()
 
     class Reader(CalibrationDataReader):
-        """One preprocessed image (1, 3, H, W) per call: the image sizes differ, as at inference."""
+        """One preprocessed image (1, 3, H, W) per call."""
 
         def __init__(self) -> None:
-            self.items: Iterator[ImageInput] = iter(files)
+            self.items: Iterator[int] = iter(range(len(batch)))
 
         def get_next(self) -> Optional[dict]:
-            item = next(self.items, None)
-            return None if item is None else {"images": detector.preprocess([item])[0].cpu().numpy()}
+            i = next(self.items, None)
+            return None if i is None else {"images": batch[i:i + 1]}
 
         def rewind(self) -> None:
-            self.items = iter(files)
+            self.items = iter(range(len(batch)))
     return Reader()
 
 
@@ -94,9 +97,7 @@ def quantize_onnx(fp32_path: Union[str, Path], int8_path: Union[str, Path], dete
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=excluded,
                         calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                                          "percentile": CalibrationMethod.Percentile}[method],
-                        # bounds calibration memory: ranges are merged every 8 images, not kept per tensor
-                        extra_options={"CalibMaxIntermediateOutputs": 8})
+                                          "percentile": CalibrationMethod.Percentile}[method])
     model = onnx.load(str(int8_path))
     # Integer kernels run where a node reads dequantized inputs and its output is quantized again
     # (onnxruntime fuses DQ -> op -> Q); the excluded predictors read int8 data but compute in fp32.

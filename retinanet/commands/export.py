@@ -1,5 +1,6 @@
 """``retinanet export``: ONNX or TorchScript with dynamic batch and image size (network only;
-post-processing runs in Python, see retinanet/export.py), then a check against PyTorch."""
+post-processing runs in Python, see retinanet/export.py), then a check against PyTorch. With --int8,
+also a static int8 ONNX file (retinanet/quantize.py), accepted only if its AP is close to fp32's."""
 from __future__ import annotations
 
 import argparse
