@@ -75,10 +75,12 @@ def predictor_convs(model: onnx.ModelProto) -> list[str]:
 
 
 def quantize_onnx(fp32_path: Union[str, Path], int8_path: Union[str, Path], detector: Detector,
-                  files: Sequence[ImageInput], method: str = "minmax", keep_predictors_fp32: bool = True) -> Path:
+                  files: Sequence[ImageInput], method: str = "minmax", keep_predictors_fp32: bool = True,
+                  keep_fp32: Sequence[str] = ()) -> Path:
     """Writes ``int8_path``, the static int8 version of the plain-conv ONNX file ``fp32_path``,
     calibrated on ``files`` (image paths, arrays or tensors) preprocessed by ``detector``.
-    ``keep_predictors_fp32`` leaves the convs that write the outputs in fp32. The file keeps the fp32
+    ``keep_predictors_fp32`` leaves the convs that write the outputs in fp32, ``keep_fp32`` every node
+    whose name contains one of its strings (e.g. "/backbone/"). The file keeps the fp32
     file's metadata and gains ``retinanet_int8`` (JSON: calibration method and image count, the
     quantized and the fp32 nodes)."""
     import onnx
@@ -87,7 +89,9 @@ def quantize_onnx(fp32_path: Union[str, Path], int8_path: Union[str, Path], dete
     if method not in METHODS:
         raise ValueError(f"--calibration-method: expected one of {', '.join(METHODS)}, got {method!r}")
     int8_path = Path(int8_path)
-    excluded = predictor_convs(onnx.load(str(fp32_path))) if keep_predictors_fp32 else []
+    graph = onnx.load(str(fp32_path))
+    excluded = (predictor_convs(graph) if keep_predictors_fp32 else []) + [
+        n.name for n in graph.graph.node if any(k in n.name for k in keep_fp32)]
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # Shape inference and graph cleanup, as onnxruntime recommends before quantizing; no symbolic
@@ -100,11 +104,12 @@ def quantize_onnx(fp32_path: Union[str, Path], int8_path: Union[str, Path], dete
                                           "percentile": CalibrationMethod.Percentile}[method])
     model = onnx.load(str(int8_path))
     # Integer kernels run where a node reads dequantized inputs and its output is quantized again
-    # (onnxruntime fuses DQ -> op -> Q); the excluded predictors read int8 data but compute in fp32.
+    # (onnxruntime fuses DQ -> op -> Q); excluded nodes may sit between DQ and Q but compute in fp32.
     dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     q_in = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
     compute = [n for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
-    quantized = [n.name for n in compute if dq_out & set(n.input) and q_in & set(n.output)]
+    quantized = [n.name for n in compute
+                 if n.name not in excluded and dq_out & set(n.input) and q_in & set(n.output)]
     info = {"calibration": method, "calibration_images": len(files), "format": "QDQ, per-channel int8 weights, "
             "uint8 activations", "quantized_nodes": quantized,
             "fp32_nodes": [n.name for n in compute if n.name not in quantized]}

@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration-method", choices=METHODS, default="minmax", help="--int8: activation ranges")
     p.add_argument("--quantize-predictors", action="store_true",
                    help="--int8: quantize the last class and box convs too (by default they stay fp32)")
+    p.add_argument("--keep-fp32", action="append", default=[], metavar="NAME_PART",
+                   help="--int8, repeatable: also keep in fp32 the nodes whose ONNX name contains this, e.g. /backbone/")
     p.add_argument("--max-ap-drop", type=float, default=1.0,
                    help="--int8: refuse (exit 1, files kept) when int8 AP is lower than fp32 AP by more than this")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..quantize import onnx_ap, quantize_onnx
     int8 = quantize_onnx(fp32, args.output, detector, files, args.calibration_method,
-                         keep_predictors_fp32=not args.quantize_predictors)
+                         keep_predictors_fp32=not args.quantize_predictors, keep_fp32=args.keep_fp32)
     print(f"wrote {int8} (int8, {args.calibration_method} calibration on {len(files)} images)", file=sys.stderr)
     if args.no_verify:
         return 0
