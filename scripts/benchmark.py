@@ -11,11 +11,14 @@ its full top-k candidates, i.e. post-processing does the work it does for a trai
 Measures, per model: a training step (batch 2: preprocessing, forward, loss, backward; no
 optimizer) with the share of it spent in our loss and anchor matching; inference per image
 (preprocessing, forward, post-processing, rescaling) with ``Detector.predict`` (the default fast
-path) and, unless --no-onnx, through ONNX Runtime (``runtime.load_exported(path).predict``); and the
+path) and, unless --no-onnx, through ONNX Runtime (``runtime.load_exported(path).predict``) in fp32
+(the Winograd graph) and static int8 (``quantize.quantize_onnx`` on the plain graph, calibrated on the
+benchmark's images; its detections are not compared: int8 rounds); and the
 training data loader's images/s with the default workers on --data (a COCO-format folder). It checks
 that both models give the same losses (our torchvision config uses normalize=image, box_loss=l1) and
 that every fast path returns torchvision's detections (as sets: boxes within 0.05 px, scores 1e-4).
-Inputs are real photos from --photos when present, else generated ones.
+Inputs are real photos from --photos when present, else generated ones. The CPU's int8 and bf16
+flags (VNNI, AMX) are printed beside the numbers.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ from retinanet.config_loader import load_config
 from retinanet.data.loader import build_dataset, build_train_loader
 from retinanet.detector import Detector
 from retinanet.export import compare_detections, export_model
+from retinanet.quantize import quantize_onnx
 from retinanet.runtime import load_exported
 from retinanet.fast import for_training
 from retinanet.preprocess import read_image, to_float_tensor
@@ -81,6 +85,14 @@ def sample_data(device: torch.device, photos: str = "") -> tuple[list[torch.Tens
     return images, targets
 
 
+def cpu_flags() -> str:
+    """Which of the int8 / bf16 instruction sets the CPU reports (Linux /proc/cpuinfo)."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.is_file() else []
+    flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+    return ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16"))
+
+
 def timed(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -117,7 +129,7 @@ def main() -> None:
     parser.add_argument("--photos", default=str(SHARED / "raccoon" / "images"), help="folder of .jpg photos")
     parser.add_argument("--data", default=str(SHARED / "raccoon"), help="COCO folder (images/, annotations/train.json) "
                         "for the data-loader row; '' skips it")
-    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime row")
+    parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime rows (fp32 and int8)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -132,10 +144,12 @@ def main() -> None:
     criterion = build_criterion(cfg).to(device)
     detector = Detector(ours, cfg, device)
     images, targets = sample_data(device, args.photos)
-    onnx = None
+    onnx = int8 = None
     if not args.no_onnx:
         with tempfile.TemporaryDirectory() as tmp:
             onnx = load_exported(export_model(detector, Path(tmp) / "tv.onnx"), device)
+            plain = export_model(detector, Path(tmp) / "tv.fp32.onnx", winograd=False)
+            int8 = load_exported(quantize_onnx(plain, Path(tmp) / "tv.int8.onnx", detector, images), device)
     loss_time: list[float] = []
 
     def tv_train() -> dict:
@@ -173,6 +187,10 @@ def main() -> None:
         for im in images:
             onnx.predict(im)
 
+    def int8_infer() -> None:
+        for im in images:
+            int8.predict(im)
+
     # Every fast path gives torchvision's detections, as sets (ties may come out in either order).
     with torch.no_grad():
         tv.eval()
@@ -194,7 +212,8 @@ def main() -> None:
     ours.zero_grad(set_to_none=True)
     loss_rows = [(k, ref[k].item(), got[k].item()) for k in ("loss_cls", "loss_box")]
 
-    times: dict[str, list[float]] = {k: [] for k in ("tv_train", "ours_train", "tv_infer", "ours_infer", "onnx_infer")}
+    times: dict[str, list[float]] = {k: [] for k in ("tv_train", "ours_train", "tv_infer", "ours_infer", "onnx_infer",
+                                                "int8_infer")}
     shares: list[float] = []
     for i in range(args.warmup + args.iters):
         # Interleaved, so that load from other processes hits both models alike.
@@ -205,6 +224,7 @@ def main() -> None:
                      "ours_infer": timed(ours_infer, device) / len(images)})
         if onnx is not None:
             step["onnx_infer"] = timed(onnx_infer, device) / len(images)
+            step["int8_infer"] = timed(int8_infer, device) / len(images)
         tv.zero_grad(set_to_none=True)
         ours.zero_grad(set_to_none=True)
         if i >= args.warmup:
@@ -214,7 +234,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items() if v}
     loader_rate = loader_images_per_s(args.data, args.size) if args.data else None
     print(f"\nRetinaNet R50-FPN, size {args.size}, device {device}, threads {torch.get_num_threads()}, "
-          f"median of {args.iters} iterations after {args.warmup} warm-up\n")
+          f"median of {args.iters} iterations after {args.warmup} warm-up\nCPU flags: {cpu_flags()}\n")
     print("| measurement | torchvision | ours | ours / torchvision |")
     print("|---|---:|---:|---:|")
     print(f"| training step, batch 2 (fwd + loss + bwd), s | {med['tv_train']:.3f} | {med['ours_train']:.3f} | "
@@ -224,9 +244,12 @@ def main() -> None:
     if "onnx_infer" in med:
         print(f"| inference per image, ONNX Runtime, s | {med['tv_infer']:.3f} | {med['onnx_infer']:.3f} | "
               f"{med['onnx_infer'] / med['tv_infer']:.3f} |")
+        print(f"| inference per image, ONNX Runtime int8, s | {med['tv_infer']:.3f} | {med['int8_infer']:.3f} | "
+              f"{med['int8_infer'] / med['tv_infer']:.3f} |")
     print(f"\nspeed-up (torchvision time / ours): training step {med['tv_train'] / med['ours_train']:.2f}x, "
           f"Detector.predict {med['tv_infer'] / med['ours_infer']:.2f}x"
-          + (f", ONNX Runtime {med['tv_infer'] / med['onnx_infer']:.2f}x" if "onnx_infer" in med else ""))
+          + (f", ONNX Runtime {med['tv_infer'] / med['onnx_infer']:.2f}x, ONNX Runtime int8 "
+             f"{med['tv_infer'] / med['int8_infer']:.2f}x" if "onnx_infer" in med else ""))
     print(f"loss + anchor matching: {100 * statistics.median(shares):.1f}% of our training step")
     print(f"training step: {2 / med['ours_train']:.2f} images/s (ours), {2 / med['tv_train']:.2f} (torchvision)"
           + (f"; data loader ({loader_rate[1]} workers, default): {loader_rate[0]:.1f} images/s" if loader_rate else ""))
