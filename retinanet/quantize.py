@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Union
 from .config import Config
 from .config_loader import load_config
 from .data.labels import IMAGE_EXTENSIONS
+from .data.validate import check_image_paths
 from .detector import Detector
 from .preprocess import ImageInput
 
@@ -37,8 +38,9 @@ def calibration_images(source: Union[str, Path], count: int) -> list[Path]:
         split = data.train if data.train.annotations else data.val
         if not split.annotations or not split.images:
             raise ValueError(f"--calibration {source}: sets neither data.train nor data.val (images and annotations)")
-        coco = json.loads(Path(split.annotations).read_text())
-        files = [Path(split.images) / im["file_name"] for im in sorted(coco["images"], key=lambda im: im["id"])]
+        images = sorted(json.loads(Path(split.annotations).read_text())["images"], key=lambda im: im["id"])
+        check_image_paths(images, split.images, split.annotations)  # no file name leads out of the image root
+        files = [Path(split.images) / im["file_name"] for im in images]
     else:
         raise FileNotFoundError(f"--calibration: no such folder or config file: {source}")
     if not files:

@@ -111,16 +111,24 @@ def test_calibration_sources(setup, tmp_path):
     assert calibration_images(setup["config"], 100) == sorted(setup["images"].iterdir(), key=lambda p: int(p.stem[4:]))
 
 
-@pytest.mark.parametrize("case", ["empty", "missing", "no_data", "no_calibration", "no_val"])
+@pytest.mark.parametrize("case", ["empty", "missing", "no_data", "no_calibration", "no_val", "escape"])
 def test_bad_calibration_input_one_line(setup, tmp_path, case):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no images")
     no_data = tmp_path / "no_data.yaml"
     no_data.write_text(yaml.safe_dump({"model": {"num_classes": 2}}))
+    # escape: a config whose annotations name a file outside the image folder
+    coco = json.loads(Path(yaml.safe_load(setup["config"].read_text())["data"]["val"]["annotations"]).read_text())
+    coco["images"][0]["file_name"] = "../../outside.jpg"
+    (tmp_path / "escape.json").write_text(json.dumps(coco))
+    escape = tmp_path / "escape.yaml"
+    escape.write_text(yaml.safe_dump({"data": {"val": {"images": str(setup["images"]),
+                                                       "annotations": str(tmp_path / "escape.json")}}}))
     # no_val: a folder calibrates, and the model's own val set is unset: nothing to score the AP on
     source = {"empty": [str(empty)], "missing": [str(tmp_path / "nowhere")], "no_data": [str(no_data)],
-              "no_calibration": [], "no_val": [str(setup["images"]), "data.val.annotations="]}[case]
+              "no_calibration": [], "no_val": [str(setup["images"]), "data.val.annotations="],
+              "escape": [str(escape)]}[case]
     out = tmp_path / "bad.int8.onnx"
     rc, err = _run(["export", "--weights", str(setup["ckpt"]), "--output", str(out), "--int8"]
                    + (["--calibration"] + source if source else []))
@@ -128,5 +136,5 @@ def test_bad_calibration_input_one_line(setup, tmp_path, case):
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     assert {"empty": "no image files", "missing": "nowhere", "no_data": "data.train",
-            "no_calibration": "--calibration", "no_val": "--no-verify"}[case] in lines[0]
+            "no_calibration": "--calibration", "no_val": "--no-verify", "escape": "outside the image root"}[case] in lines[0]
     assert not out.exists() and not (tmp_path / "bad.fp32.onnx").exists()
