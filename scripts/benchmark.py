@@ -144,11 +144,12 @@ def main() -> None:
     criterion = build_criterion(cfg).to(device)
     detector = Detector(ours, cfg, device)
     images, targets = sample_data(device, args.photos)
-    onnx = int8 = None
+    onnx = onnx_plain = int8 = None
     if not args.no_onnx:
         with tempfile.TemporaryDirectory() as tmp:
             onnx = load_exported(export_model(detector, Path(tmp) / "tv.onnx"), device)
             plain = export_model(detector, Path(tmp) / "tv.fp32.onnx", winograd=False)
+            onnx_plain = load_exported(plain, device)
             int8 = load_exported(quantize_onnx(plain, Path(tmp) / "tv.int8.onnx", detector, images), device)
     loss_time: list[float] = []
 
@@ -187,6 +188,10 @@ def main() -> None:
         for im in images:
             onnx.predict(im)
 
+    def plain_infer() -> None:
+        for im in images:
+            onnx_plain.predict(im)
+
     def int8_infer() -> None:
         for im in images:
             int8.predict(im)
@@ -201,7 +206,8 @@ def main() -> None:
     refs = {"torchvision": ref, "our reference path": [reference.predict(im) for im in images]}
     exact = {(name, against): all(compare_detections({k: v.cpu() for k, v in r.items() if k != "names"},
                                                      d.predict(im), 0.05, 1e-4)[0] for r, im in zip(rs, images))
-             for name, d in (("Detector.predict", detector), ("ONNX Runtime", onnx), ("reference path", reference))
+             for name, d in (("Detector.predict", detector), ("ONNX Runtime", onnx), ("ONNX Runtime, plain convs", onnx_plain),
+                            ("reference path", reference))
              if d is not None for against, rs in refs.items() if d is not reference or against == "torchvision"}
     # What the trainer does: conv + FrozenBN folded on the fly, channels_last, Winograd on a CPU.
     for_training(ours, device)
@@ -213,7 +219,7 @@ def main() -> None:
     loss_rows = [(k, ref[k].item(), got[k].item()) for k in ("loss_cls", "loss_box")]
 
     times: dict[str, list[float]] = {k: [] for k in ("tv_train", "ours_train", "tv_infer", "ours_infer", "onnx_infer",
-                                                "int8_infer")}
+                                                "plain_infer", "int8_infer")}
     shares: list[float] = []
     for i in range(args.warmup + args.iters):
         # Interleaved, so that load from other processes hits both models alike.
@@ -224,6 +230,7 @@ def main() -> None:
                      "ours_infer": timed(ours_infer, device) / len(images)})
         if onnx is not None:
             step["onnx_infer"] = timed(onnx_infer, device) / len(images)
+            step["plain_infer"] = timed(plain_infer, device) / len(images)
             step["int8_infer"] = timed(int8_infer, device) / len(images)
         tv.zero_grad(set_to_none=True)
         ours.zero_grad(set_to_none=True)
@@ -244,11 +251,14 @@ def main() -> None:
     if "onnx_infer" in med:
         print(f"| inference per image, ONNX Runtime, s | {med['tv_infer']:.3f} | {med['onnx_infer']:.3f} | "
               f"{med['onnx_infer'] / med['tv_infer']:.3f} |")
+        print(f"| inference per image, ONNX Runtime, plain 3x3 convs (--no-winograd), s | {med['tv_infer']:.3f} | "
+              f"{med['plain_infer']:.3f} | {med['plain_infer'] / med['tv_infer']:.3f} |")
         print(f"| inference per image, ONNX Runtime int8, s | {med['tv_infer']:.3f} | {med['int8_infer']:.3f} | "
               f"{med['int8_infer'] / med['tv_infer']:.3f} |")
     print(f"\nspeed-up (torchvision time / ours): training step {med['tv_train'] / med['ours_train']:.2f}x, "
           f"Detector.predict {med['tv_infer'] / med['ours_infer']:.2f}x"
-          + (f", ONNX Runtime {med['tv_infer'] / med['onnx_infer']:.2f}x, ONNX Runtime int8 "
+          + (f", ONNX Runtime {med['tv_infer'] / med['onnx_infer']:.2f}x (plain convs "
+             f"{med['tv_infer'] / med['plain_infer']:.2f}x), ONNX Runtime int8 "
              f"{med['tv_infer'] / med['int8_infer']:.2f}x" if "onnx_infer" in med else ""))
     print(f"loss + anchor matching: {100 * statistics.median(shares):.1f}% of our training step")
     print(f"training step: {2 / med['ours_train']:.2f} images/s (ours), {2 / med['tv_train']:.2f} (torchvision)"
