@@ -1,6 +1,9 @@
-"""Shared fixtures: a tiny config factory, seeding, and the location of the optional shared data."""
+"""Shared fixtures and helpers: one thread, seeding, a tiny config factory, one generated dataset, the
+location of the optional shared data, and the checks several test files make."""
 from __future__ import annotations
 
+import hashlib
+import socket
 from pathlib import Path
 from typing import Callable
 
@@ -9,6 +12,11 @@ import torch
 
 from retinanet.config import Config
 from retinanet.config_loader import load_config
+from retinanet.data.synthetic import make_synthetic_coco
+
+# The tests' models are tiny: a second intra-op thread mostly waits for the first (and spins on a shared
+# machine), costing about twice the CPU time for the same wall time. Subprocesses keep their own default.
+torch.set_num_threads(1)
 
 # The folder beside the repo (real photos, backbone weights); tests needing it skip when absent.
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -34,6 +42,35 @@ def tiny_cfg() -> Callable[..., Config]:
     def make(*overrides: str) -> Config:
         return load_config(None, TINY + list(overrides))
     return make
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """A small generated COCO dataset (4 train, 2 val images of about 96x128, 5 classes); read-only."""
+    root = tmp_path_factory.mktemp("synth")
+    make_synthetic_coco(root, num_train=4, num_val=2, seed=0, image_size=(96, 128))
+    return root
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder``, by relative path: to show a command left files unchanged."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_clean_error(rc: int, err: str, *words: str) -> None:
+    """The CLI's bad-input contract: exit status 2, one line on stderr naming ``words``, no traceback."""
+    assert rc == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for w in words:
+        assert w in err, (w, err)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def shared_images(dataset: str, n: int) -> list[Path]:

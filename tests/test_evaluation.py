@@ -209,12 +209,10 @@ def _ddp_worker(rank: int, gt: dict, port: int, queue) -> None:
 
 @pytest.mark.slow  # two spawned processes importing torch: 10-30 s on 2 shared cores
 def test_gathers_across_ddp_ranks():
-    import socket
-
     import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+
+    from conftest import free_port
+    port = free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     gt = random_gt(6)
