@@ -169,8 +169,8 @@ def test_overfits_two_images_to_high_ap50(tmp_path):
     ann = root / "annotations/train.json"
     out = tmp_path / "overfit"
     overrides = tiny_overrides(root, out, **{
-        "data.val.annotations": str(ann), "solver.max_iter": 120, "solver.base_lr": 0.01, "solver.warmup_iters": 10,
-        "solver.steps": "[100]", "input.flip_prob": 0.0, "input.min_size_train": 128, "input.max_size_train": 160,
+        "data.val.annotations": str(ann), "solver.max_iter": 80, "solver.base_lr": 0.01, "solver.warmup_iters": 10,
+        "solver.steps": "[66]", "input.flip_prob": 0.0, "input.min_size_train": 128, "input.max_size_train": 160,
         "model.head.norm": "gn", "model.fpn.channels": 64, "solver.clip_grad_norm": 10.0,
         "train.checkpoint_period": 1000, "train.log_period": 20})
     metrics = train(load_config(None, overrides))
