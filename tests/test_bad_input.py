@@ -23,8 +23,7 @@ from retinanet.jsonio import dumps_finite
 from retinanet.outputs import DenseOutputs
 from retinanet.postprocess import PostProcessor
 from retinanet.box_coder import BoxCoder
-from conftest import assert_clean_error, checksums
-from test_evaluation import make_checkpoint, make_coco
+from conftest import assert_clean_error, checksums, make_checkpoint, make_coco
 
 CATS = [{"id": 3, "name": "square"}, {"id": 7, "name": "bar"}]
 

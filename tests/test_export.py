@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_evaluation import make_checkpoint, make_coco
+from conftest import make_checkpoint, make_coco
 
 from retinanet.build import build_anchor_generator, build_model
 from retinanet.cli import main
