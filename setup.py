@@ -20,7 +20,7 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.7",
 ]
 EXTRAS = {
-    "test": ["pytest>=7", "onnx>=1.15", "onnxruntime>=1.17"],
+    "test": ["pytest>=7", "pytest-xdist>=3", "onnx>=1.15", "onnxruntime>=1.17"],
     # orjson: 2x faster reading of COCO-sized JSON (annotations, results); json is the fallback.
     "fast-eval": ["orjson>=3.8"],
     "export": ["onnx>=1.15", "onnxruntime>=1.17"],

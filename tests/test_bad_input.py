@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import errno
-import hashlib
 import json
 import logging
 import math
@@ -24,7 +23,7 @@ from retinanet.jsonio import dumps_finite
 from retinanet.outputs import DenseOutputs
 from retinanet.postprocess import PostProcessor
 from retinanet.box_coder import BoxCoder
-from test_evaluation import make_checkpoint, make_coco
+from conftest import assert_clean_error, checksums, make_checkpoint, make_coco
 
 CATS = [{"id": 3, "name": "square"}, {"id": 7, "name": "bar"}]
 
@@ -53,18 +52,6 @@ def eval_results(tmp_path, capsys, gt, results) -> tuple[int, str]:
     (tmp_path / "res.json").write_text(json.dumps(results))
     rc, _, err = run_cli(capsys, "eval", "--results", tmp_path / "res.json", "--annotations", tmp_path / "gt.json")
     return rc, err
-
-
-def assert_clean_error(rc: int, err: str, *words: str) -> None:
-    assert rc == 2, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    for w in words:
-        assert w in err, (w, err)
-
-
-def checksums(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # -- ground truth used for AP: a malformed entry is an error -------------------------------------

@@ -3,7 +3,6 @@ would rewind, stale temp files, unreadable image folders, bad val files, non-fin
 config values. Runs go through ``retinanet.cli.main`` where the outcome is an exit status."""
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -11,36 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import assert_clean_error, checksums, tiny_overrides
 from retinanet.checkpoint import save_checkpoint
 from retinanet.cli import main
 from retinanet.config_loader import load_config
-from retinanet.data.synthetic import make_synthetic_coco
 from retinanet.engine.trainer import NonFiniteLossError, Trainer
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    make_synthetic_coco(root, num_train=3, num_val=1, seed=0, image_size=(96, 128))
-    return root
-
-
-def checksums(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def train_cli(capsys, root: Path, out: Path, *flags: str, **extra) -> tuple[int, str]:
     rc = main(["train", "--config", "configs/demo.yaml", *flags, *tiny_overrides(root, out, **extra)])
     return rc, capsys.readouterr().err
-
-
-def assert_clean_error(rc: int, err: str, *words: str) -> None:
-    assert rc == 2, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    for w in words:
-        assert w in err, (w, err)
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +85,7 @@ def test_no_readable_training_image_is_an_error_naming_the_folder(tmp_path, caps
     empty.mkdir()
     out = tmp_path / "run"
     rc, err = train_cli(capsys, data_root, out, **{"data.train.images": str(empty)})
-    assert_clean_error(rc, err, "none of the 3 training images", str(empty))
+    assert_clean_error(rc, err, "none of the 4 training images", str(empty))
     assert _no_checkpoint(out)
 
 
@@ -201,7 +180,7 @@ def test_skipped_images_count_distinct_files(tmp_path, data_root, caplog):
     trainer = Trainer(cfg)
     with caplog.at_level("INFO", logger="retinanet"):
         trainer.train()
-    # 4 batches of 2 over 3 images draw the bad one at least twice: it is one file.
+    # 4 batches of 2 over 4 images draw the bad one twice: it is one file.
     assert trainer._bad_images == {train_json["images"][1]["id"]}
     assert "done: 1 bad images skipped" in caplog.text
 

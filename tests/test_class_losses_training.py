@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from retinanet.config_loader import load_config
-from retinanet.data.synthetic import make_synthetic_coco
 from retinanet.engine.trainer import train
 
 from conftest import tiny_overrides
@@ -19,13 +18,6 @@ REPO = Path(__file__).resolve().parents[1]
 def _overrides(root: Path, out: Path, extra: dict) -> list[str]:
     return tiny_overrides(root, out, **{"input.flip_prob": 0.0, "solver.max_iter": 3, "solver.warmup_iters": 1,
                                         "train.checkpoint_period": 0, "data.val.annotations": "", **extra})
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    make_synthetic_coco(root, num_train=6, num_val=2, seed=0)
-    return root
 
 
 RUNS = {

@@ -6,28 +6,18 @@ import copy
 import io
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from PIL import Image
 from pycocotools.cocoeval import COCOeval
 
-from retinanet.checkpoint import save_checkpoint
 from retinanet.cli import main
-from retinanet.config_loader import load_config, to_dict
 from retinanet.detector import Detector
 from retinanet.evaluation import (METRIC_NAMES, COCOEvaluator, compute_metrics, evaluate_results_file,
                                   format_metrics_table, inference_on_coco, load_coco, to_coco_results)
-from retinanet.build import build_model
 
-CATEGORIES = [{"id": 3, "name": "square"}, {"id": 7, "name": "bar"}]  # non-contiguous on purpose
-# resnet18 with a narrow FPN/head at 128 px; no prior bias so that a random model detects things
-# (every anchor scores ~0.5: fewer top-k candidates keep NMS cheap).
-TINY_MODEL = {"backbone": {"name": "resnet18", "weights": ""}, "fpn": {"channels": 32},
-              "head": {"num_convs": 1, "prior_init": False}, "test": {"topk_candidates": 100}}
+from conftest import CATEGORIES, make_checkpoint, make_coco
 
 
 def random_gt(n_images: int = 12, seed: int = 0) -> dict:
@@ -60,41 +50,6 @@ def perturbed_results(gt: dict, seed: int = 1) -> list[dict]:
             out.append({"image_id": im["id"], "category_id": int(rng.choice([3, 7])),
                         "bbox": [*rng.uniform(0, 200, 2), *rng.uniform(5, 100, 2)], "score": float(rng.rand() * 0.5)})
     return out
-
-
-def make_coco(root: Path, n_images: int = 3) -> tuple[Path, Path]:
-    """Writes PNGs of coloured shapes on noise and their COCO JSON; returns (images dir, json)."""
-    rng = np.random.RandomState(0)
-    images_dir = root / "images"
-    images_dir.mkdir(parents=True, exist_ok=True)
-    gt = {"images": [], "annotations": [], "categories": CATEGORIES}
-    for i in range(1, n_images + 1):
-        h, w = (96, 128) if i % 2 else (120, 100)
-        img = rng.randint(0, 60, (h, w, 3)).astype(np.uint8)
-        img[20:60, 20:60] = (230, 40, 40)
-        img[70:85, 10:90] = (40, 200, 40)
-        Image.fromarray(img).save(images_dir / f"img_{i}.png")
-        gt["images"].append({"id": i, "file_name": f"img_{i}.png", "width": w, "height": h})
-        for cat, box in ((3, [20, 20, 40, 40]), (7, [10, 70, 80, 15])):
-            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": i, "category_id": cat,
-                                      "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
-    ann = root / "val.json"
-    ann.write_text(json.dumps(gt))
-    return images_dir, ann
-
-
-def make_checkpoint(root: Path, images: Path, ann: Path, categories=CATEGORIES) -> tuple[Path, Path]:
-    """A randomly initialised tiny model saved as our checkpoint, and a YAML config; returns (yaml, ckpt)."""
-    data = {"model": TINY_MODEL, "input": {"min_size_test": 128, "max_size_test": 160},
-            "data": {"val": {"images": str(images), "annotations": str(ann)}},
-            "train": {"device": "cpu", "output_dir": str(root / "out")}}
-    config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump(data))
-    cfg = load_config(config, [f"model.num_classes={len(categories)}"])
-    torch.manual_seed(0)
-    ckpt = root / f"model_{len(categories)}.pth"
-    save_checkpoint(ckpt, {"model": build_model(cfg).state_dict(), "config": to_dict(cfg), "categories": categories})
-    return config, ckpt
 
 
 def _direct_pycocotools(gt: dict, results: list[dict]) -> np.ndarray:
@@ -209,12 +164,10 @@ def _ddp_worker(rank: int, gt: dict, port: int, queue) -> None:
 
 @pytest.mark.slow  # two spawned processes importing torch: 10-30 s on 2 shared cores
 def test_gathers_across_ddp_ranks():
-    import socket
-
     import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+
+    from conftest import free_port
+    port = free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     gt = random_gt(6)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_evaluation import make_checkpoint, make_coco
+from conftest import make_checkpoint, make_coco
 
 from retinanet.build import build_criterion, build_model
 from retinanet.cli import main

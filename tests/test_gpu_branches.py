@@ -15,7 +15,6 @@ import retinanet.fast.fusion as fusion
 from retinanet.build import build_criterion, build_model
 from retinanet.config_loader import load_config
 from retinanet.data.loader import build_dataset, build_train_loader
-from retinanet.data.synthetic import make_synthetic_coco
 from retinanet.detector import Detector
 from retinanet.engine.amp import grad_scaler, uses_channels_last, uses_winograd
 from retinanet.engine.distributed import backend_for, init_distributed
@@ -24,13 +23,6 @@ from retinanet.engine.trainer import Trainer
 from conftest import tiny_overrides
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    make_synthetic_coco(root, num_train=4, num_val=1, seed=0)
-    return root
 
 
 def test_device_decisions_for_cuda_and_cpu():
@@ -56,14 +48,6 @@ def _trainer(data_root, tmp_path, name: str, **extra) -> Trainer:
     torch.manual_seed(0)
     overrides = tiny_overrides(data_root, tmp_path / name, **{"data.val.annotations": "", **extra})
     return Trainer(load_config(None, overrides))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: 10x faster than 2 threads on a busy machine
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("clip", [0.0, 1.0])  # 1.0: the unscale_ before clipping

@@ -89,14 +89,11 @@ def _tiny_torchvision() -> torchvision.models.detection.RetinaNet:
 @pytest.fixture(scope="module")
 def bench():
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: threads only add overhead (10x here on a busy machine)
     args = gpu_check.parse_args(["--device", "cpu", "--size", "64x96", "--batch", "2", "--iters", "1",
                                  "--warmup", "0", "--config", ""])
     args.config = None  # the built-in defaults, shrunk below
     tiny = ["model.num_classes=5", "model.backbone.name=resnet18", "model.fpn.channels=32", "model.head.num_convs=1"]
-    yield runs.build_bench(args, torch.device("cpu"), tv=_tiny_torchvision(), overrides=tiny)
-    torch.set_num_threads(threads)
+    return runs.build_bench(args, torch.device("cpu"), tv=_tiny_torchvision(), overrides=tiny)
 
 
 def test_bench_is_what_the_trainer_runs_on_a_cpu(bench):

@@ -130,7 +130,7 @@ def test_report_renders_in_a_browser(small_eval, tmp_path):
 
 
 def test_eval_command_writes_the_report(tmp_path):
-    from test_evaluation import make_checkpoint, make_coco
+    from conftest import make_checkpoint, make_coco
 
     from retinanet.cli import main
     images, ann = make_coco(tmp_path / "data", 2)

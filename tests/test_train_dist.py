@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -14,16 +13,10 @@ from retinanet.config_loader import load_config
 from retinanet.data.synthetic import make_synthetic_coco
 from retinanet.engine.trainer import train
 
-from conftest import REPO, tiny_overrides
+from conftest import REPO, free_port, tiny_overrides
 
 SCRIPT = REPO / "scripts" / "train_dist.sh"
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra: str) -> dict:
@@ -68,7 +61,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     # The multi-node code path (c10d rendezvous at MASTER_ADDR:MASTER_PORT) on one node, loopback only.
     proc = subprocess.run(["bash", str(SCRIPT), "2", str(tmp_path / "empty.yaml"),
                            *tiny_overrides(root, multi, **extra)], cwd=tmp_path, capture_output=True, text=True,
-                          env=_env(NNODES="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())), timeout=300)
+                          env=_env(NNODES="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())), timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout  # the trainer really ran under a world of 2
     a = load_checkpoint(single / "model_final.pth")["model"]

@@ -1,7 +1,6 @@
 """End-to-end training on small generated data: loss goes down, resume is exact, DDP matches, bad input."""
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,7 @@ from retinanet.config_loader import load_config
 from retinanet.data.synthetic import make_synthetic_coco
 from retinanet.engine.trainer import NonFiniteLossError, Trainer, train
 
-from conftest import tiny_overrides
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    make_synthetic_coco(root, num_train=8, num_val=2, seed=0)
-    return root
+from conftest import free_port, tiny_overrides
 
 
 def _weights(path: Path) -> dict:
@@ -147,12 +139,6 @@ def test_bf16_autocast_step_on_cpu(data_root, tmp_path):
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rec)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, overrides: list[str]) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
@@ -171,7 +157,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
              "dataloader.aspect_ratio_grouping": False, "input.min_size_train": 96, "input.max_size_train": 128}
     single, multi = tmp_path / "single", tmp_path / "ddp"
     train(load_config(None, tiny_overrides(root, single, **extra)))
-    mp.spawn(_ddp_worker, args=(2, _free_port(), tiny_overrides(root, multi, **extra)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), tiny_overrides(root, multi, **extra)), nprocs=2, join=True)
     a, b = _weights(single / "model_final.pth"), _weights(multi / "model_final.pth")
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert worst < 1e-4, worst
@@ -183,8 +169,8 @@ def test_overfits_two_images_to_high_ap50(tmp_path):
     ann = root / "annotations/train.json"
     out = tmp_path / "overfit"
     overrides = tiny_overrides(root, out, **{
-        "data.val.annotations": str(ann), "solver.max_iter": 120, "solver.base_lr": 0.01, "solver.warmup_iters": 10,
-        "solver.steps": "[100]", "input.flip_prob": 0.0, "input.min_size_train": 128, "input.max_size_train": 160,
+        "data.val.annotations": str(ann), "solver.max_iter": 80, "solver.base_lr": 0.01, "solver.warmup_iters": 10,
+        "solver.steps": "[66]", "input.flip_prob": 0.0, "input.min_size_train": 128, "input.max_size_train": 160,
         "model.head.norm": "gn", "model.fpn.channels": 64, "solver.clip_grad_norm": 10.0,
         "train.checkpoint_period": 1000, "train.log_period": 20})
     metrics = train(load_config(None, overrides))

@@ -9,18 +9,10 @@ import torch
 from retinanet import detector as detector_module
 from retinanet.checkpoint import load_checkpoint
 from retinanet.config_loader import load_config
-from retinanet.data.synthetic import make_synthetic_coco
 from retinanet.engine.best import BestTracker
 from retinanet.engine.trainer import Trainer
 
 from conftest import tiny_overrides
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth_best")
-    make_synthetic_coco(root, num_train=4, num_val=2, seed=0, image_size=(96, 128))
-    return root
 
 
 def _bn_state(model: torch.nn.Module) -> dict:

@@ -5,7 +5,7 @@ import json
 
 import cv2
 import numpy as np
-from test_evaluation import make_checkpoint, make_coco
+from conftest import make_checkpoint, make_coco
 
 from retinanet.cli import main
 from retinanet.commands.infer import collect_inputs
