@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 import pytest
 import yaml
-from test_evaluation import make_checkpoint, make_coco
+from conftest import make_checkpoint, make_coco
 from torchvision.ops import box_iou
 
 from retinanet.checkpoint import load_checkpoint, save_checkpoint
