@@ -54,11 +54,12 @@ def _metadata(cfg: Config, categories: list[dict]) -> dict[str, str]:
 
 
 def export_model(detector: Detector, path: Union[str, Path], fmt: str = "onnx", opset: int = 17,
-                 winograd: bool = True) -> Path:
+                 winograd: bool = False) -> Path:
     """Writes the detector's network as ONNX or TorchScript with dynamic batch
     and image size; its config and categories go into the file. With ``winograd`` (ONNX only), the
-    wide 3x3 convs are written as Winograd F(4x4, 3x3) (``winograd.py``): fewer multiplications, which
-    pays in onnxruntime on a CPU but not in GPU runtimes, which choose their own conv algorithms."""
+    wide 3x3 convs are written as Winograd F(4x4, 3x3) (``winograd.py``): fewer multiplications, but
+    a file about 5x larger (the transformed filters), and onnxruntime's fused direct convs are as fast
+    or faster on some CPUs (docs/performance.md); GPU runtimes choose their own conv algorithms."""
     if fmt not in FORMATS:
         raise ValueError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     if not isinstance(detector.model, RetinaNet):

@@ -64,9 +64,8 @@ def test_export_command(tmp_path, capsys):
     images, ann = make_coco(tmp_path, 1)
     config, ckpt = make_checkpoint(tmp_path, images, ann)
     out = tmp_path / "m.onnx"
-    # --no-winograd: a tenth of the export time; the default (Winograd) export is test_round_trip_dynamic_sizes's.
-    assert main(["export", "--config", str(config), "--weights", str(ckpt), "--format", "onnx", "--output", str(out),
-                 "--no-winograd"]) == 0
+    # The Winograd graph (--winograd, ten times the export time) is test_winograd.py's.
+    assert main(["export", "--config", str(config), "--weights", str(ckpt), "--format", "onnx", "--output", str(out)]) == 0
     assert "ok" in capsys.readouterr().err
     exported = load_exported(out)
     assert [c["id"] for c in exported.categories] == [3, 7]

@@ -19,9 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("onnx", "torchscript"), help="default: from the --output suffix (.onnx)")
     p.add_argument("--output", required=True, help="file to write, e.g. model.onnx or model.pt")
     p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--no-winograd", action="store_true",
-                   help="ONNX: plain 3x3 convs (for GPU runtimes, which pick their own conv algorithms); "
-                        "by default the wide ones are Winograd F(4x4, 3x3) graphs, faster in onnxruntime on a CPU")
+    p.add_argument("--winograd", action="store_true",
+                   help="ONNX: the wide 3x3 convs as Winograd F(4x4, 3x3) graphs (a 5x larger file; measure: on some "
+                        "CPUs onnxruntime runs them faster than its own convs, on others slower)")
+    p.add_argument("--no-winograd", action="store_true", help="plain 3x3 convs: the default")
     p.add_argument("--no-verify", action="store_true",
                    help="skip comparing the exported model with PyTorch (and, with --int8, the AP check)")
     p.add_argument("--int8", action="store_true",
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         val = val_set(args.calibration, detector.cfg)
     out = Path(args.output)
     fp32 = out.with_name(out.name.removesuffix(".onnx").removesuffix(".int8") + ".fp32.onnx") if args.int8 else out
-    path = export_model(detector, fp32, fmt, args.opset, winograd=not (args.no_winograd or args.int8))
+    path = export_model(detector, fp32, fmt, args.opset, winograd=args.winograd and not (args.no_winograd or args.int8))
     print(f"wrote {path} ({fmt}; outputs: per-level class logits and box deltas, post-processing in Python)",
           file=sys.stderr)
     if not args.no_verify:
