@@ -77,7 +77,7 @@ def predictor_convs(model: onnx.ModelProto) -> list[str]:
 
 
 def quantize_onnx(fp32_path: Union[str, Path], int8_path: Union[str, Path], detector: Detector,
-                  files: Sequence[ImageInput], method: str = "minmax", keep_predictors_fp32: bool = True,
+                  files: Sequence[ImageInput], method: str = "minmax", keep_predictors_fp32: bool = False,
                   keep_fp32: Sequence[str] = ()) -> Path:
     """Writes ``int8_path``, the static int8 version of the plain-conv ONNX file ``fp32_path``,
     calibrated on ``files`` (image paths, arrays or tensors) preprocessed by ``detector``.

@@ -41,7 +41,7 @@ def setup(tmp_path_factory) -> dict:
     save_checkpoint(ckpt, state)
     out = root / "export" / "m.int8.onnx"
     base = ["export", "--weights", str(ckpt), "--output", str(out), "--int8", "--calibration-images", "6",
-            "--keep-fp32", "/fpn/lateral"]
+            "--keep-fp32", "/fpn/lateral", "--fp32-predictors"]
     rc, err = _run(base + ["--calibration", str(images)])
     return {"root": root, "images": images, "ckpt": ckpt, "config": config, "int8": out, "rc": rc, "err": err,
             "fp32": root / "export" / "m.fp32.onnx", "base": base}
@@ -96,10 +96,13 @@ def test_int8_file_runs_in_eval_and_infer(setup, tmp_path):
 def test_guard_refuses_and_keeps_files(setup):
     setup["int8"].unlink()
     # A threshold below zero: any int8 file "drops" too much, so the check must refuse it.
-    rc, err = _run(setup["base"] + ["--calibration", str(setup["config"]), "--calibration-images", "2",
-                                    "--max-ap-drop", "-1"])
+    # Without --fp32-predictors: by default the predictors are int8 too.
+    rc, err = _run(setup["base"][:-1] + ["--calibration", str(setup["config"]), "--calibration-images", "2",
+                                         "--max-ap-drop", "-1"])
     assert rc == 1
     assert setup["int8"].is_file() and setup["fp32"].is_file()
+    info = json.loads({p.key: p.value for p in onnx.load(str(setup["int8"])).metadata_props}["retinanet_int8"])
+    assert set(predictor_convs(onnx.load(str(setup["fp32"])))) <= set(info["quantized_nodes"])
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--max-ap-drop -1" in errors[0] and "kept" in errors[0]
 

@@ -32,8 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                          "data.val) images calibrate and whose data.val set the AP check scores")
     p.add_argument("--calibration-images", type=positive_int, default=64, help="--int8: images to calibrate on")
     p.add_argument("--calibration-method", choices=METHODS, default="minmax", help="--int8: activation ranges")
-    p.add_argument("--quantize-predictors", action="store_true",
-                   help="--int8: quantize the last class and box convs too (by default they stay fp32)")
+    p.add_argument("--fp32-predictors", action="store_true",
+                   help="--int8: keep the last class and box convs in fp32 (slower; by default they are int8 too)")
     p.add_argument("--keep-fp32", action="append", default=[], metavar="NAME_PART",
                    help="--int8, repeatable: also keep in fp32 the nodes whose ONNX name contains this, e.g. /backbone/")
     p.add_argument("--max-ap-drop", type=float, default=1.0,
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..quantize import onnx_ap, quantize_onnx
     int8 = quantize_onnx(fp32, args.output, detector, files, args.calibration_method,
-                         keep_predictors_fp32=not args.quantize_predictors, keep_fp32=args.keep_fp32)
+                         keep_predictors_fp32=args.fp32_predictors, keep_fp32=args.keep_fp32)
     print(f"wrote {int8} (int8, {args.calibration_method} calibration on {len(files)} images)", file=sys.stderr)
     if args.no_verify:
         return 0
