@@ -7,8 +7,8 @@ off, and nothing in the core (model, backbone, ..., criterion, losses) imports t
   the convs (``fusion.py``, ``winograd.py``, ``onednn.py``). ``Detector.network`` runs it.
 * ``for_training(model, device, amp)``: the same rewrites in place for training, with the same
   parameters and state-dict keys. The trainer calls it.
-* ``topk.topk_rows``: post-processing's per-level top-k over millions of logits, the same result in
-  about a third of the time; ``build.build_postprocessor`` passes it to the post-processor.
+* ``topk.topk_rows``: post-processing's per-level top-k over millions of logits, the same result
+  from a pre-selected few thousand; ``build.build_postprocessor`` passes it to the post-processor.
 * ``focal.sparse_focal_loss``: the focal class loss without its (N, R, K) one-hot targets;
   ``build.build_criterion`` passes it to the criterion.
 * ``records``: the COCO annotations in a few flat numpy buffers, which forked data-loader workers share

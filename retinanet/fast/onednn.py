@@ -1,12 +1,11 @@
 """Convolutions fused with the ReLU and residual add after them, through oneDNN (CPU inference only).
 
 After BatchNorm folding, a ResNet block is conv, ReLU, conv, ReLU, conv, add, ReLU: each ReLU and add
-is one more read and write of a whole activation map, and on a CPU those passes cost about a sixth of
-the forward. oneDNN applies them inside the convolution, on the output tile while it is in cache
+is one more read and write of a whole activation map, memory traffic that no multiply-add pays for.
+oneDNN applies them inside the convolution, on the output tile while it is in cache
 (``torch.ops.mkldnn._convolution_pointwise``, the kernel torch.compile's CPU backend emits for the
 same pattern). ``fuse_pointwise`` rewrites a BatchNorm-folded, channels_last copy in place: ResNet
-bottleneck and basic blocks, the stem and the head towers. Outputs are the
-same to float rounding. Without oneDNN (``torch.backends.mkldnn``), the model is left as it is.
+bottleneck and basic blocks, the stem and the head towers. Outputs are the same to float rounding. Without oneDNN (``torch.backends.mkldnn``), the model is left as it is.
 """
 from __future__ import annotations
 
