@@ -3,8 +3,8 @@
 Post-processing takes the top 1,000 of H * W * A * K logits per level and image: at 800 px, P3 has
 11 million. ``torch.topk`` on a CPU selects among all of them, in several passes over the row. Here
 a strided sample of each row gives a threshold that about ``2 * k`` entries are expected to reach; the
-selection then runs over those entries only. If fewer than ``k`` reach it, the row goes through ``torch.topk`` as a whole, so the
-result is always exact.
+selection then runs over those entries only. If fewer than ``k`` reach it, the row goes through
+``torch.topk`` as a whole, so the result is always exact.
 """
 from __future__ import annotations
 
