@@ -180,21 +180,11 @@ def main() -> None:
         for im in images:
             tv([im])
 
-    def ours_infer() -> None:
-        for im in images:
-            detector.predict(im)
-
-    def onnx_infer() -> None:
-        for im in images:
-            onnx.predict(im)
-
-    def plain_infer() -> None:
-        for im in images:
-            onnx_plain.predict(im)
-
-    def int8_infer() -> None:
-        for im in images:
-            int8.predict(im)
+    def per_image(d: Detector) -> Callable[[], None]:
+        def run() -> None:
+            for im in images:
+                d.predict(im)
+        return run
 
     # Every fast path gives torchvision's detections, as sets (ties may come out in either order).
     with torch.no_grad():
@@ -227,11 +217,10 @@ def main() -> None:
         step = {"tv_train": timed(tv_train, device), "ours_train": timed(ours_train, device)}
         shares.append(loss_time[0] / step["ours_train"])
         step.update({"tv_infer": timed(tv_infer, device) / len(images),
-                     "ours_infer": timed(ours_infer, device) / len(images)})
+                     "ours_infer": timed(per_image(detector), device) / len(images)})
         if onnx is not None:
-            step["onnx_infer"] = timed(onnx_infer, device) / len(images)
-            step["plain_infer"] = timed(plain_infer, device) / len(images)
-            step["int8_infer"] = timed(int8_infer, device) / len(images)
+            for key, d in (("onnx_infer", onnx), ("plain_infer", onnx_plain), ("int8_infer", int8)):
+                step[key] = timed(per_image(d), device) / len(images)
         tv.zero_grad(set_to_none=True)
         ours.zero_grad(set_to_none=True)
         if i >= args.warmup:
