@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import onnx
@@ -52,6 +54,17 @@ def test_export_writes_fp32_and_int8_and_prints_both_aps(setup):
     assert setup["fp32"].is_file() and setup["int8"].is_file()
     assert "AP on " in setup["err"] and ": fp32 " in setup["err"] and ", int8 " in setup["err"] and ": ok" in setup["err"]
     assert setup["int8"].stat().st_size < 0.5 * setup["fp32"].stat().st_size  # int8 weights
+
+
+def test_onnx_speed_script_times_the_files_side_by_side(setup):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "onnx_speed.py"
+    files = [str(setup["fp32"]), str(setup["int8"])]
+    proc = subprocess.run([sys.executable, str(script), *files, "--height", "128", "--width", "128", "--iters", "2",
+                           "--warmup", "0", "--threads", "1"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if " ms " in line]
+    assert [row[-1] for row in rows] == files and rows[0][2] == "1.00x"
+    assert all(float(row[0]) > 0 for row in rows)
 
 
 def test_metadata_lists_quantized_and_fp32_nodes(setup):
@@ -105,6 +118,7 @@ def test_guard_refuses_and_keeps_files(setup):
     assert set(predictor_convs(onnx.load(str(setup["fp32"])))) <= set(info["quantized_nodes"])
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--max-ap-drop -1" in errors[0] and "kept" in errors[0]
+    assert "--keep-fp32 /backbone/" in errors[0]  # says what to try next
 
 
 def test_calibration_sources(setup, tmp_path):
