@@ -19,12 +19,15 @@ def _rows(kind: str) -> torch.Tensor:
     elif kind == "nan":
         x[1, 7] = float("nan")
         x[2, ::999] = float("nan")
+    elif kind == "tail":  # winners and a NaN among the last entries, past the whole blocks that are screened
+        x[:, -3] = 100
+        x[0, -1] = float("nan")
     elif kind == "sample_misleads":  # the sampled entries hold the largest values: too few reach the threshold
         x[:, ::_STEP] = 10 + torch.arange(x[:, ::_STEP].shape[1], dtype=x.dtype)
     return x
 
 
-@pytest.mark.parametrize("kind", ["random", "trained", "nan", "sample_misleads"])
+@pytest.mark.parametrize("kind", ["random", "trained", "nan", "tail", "sample_misleads"])
 def test_same_values_and_indices_as_torch_topk(kind):
     x = _rows(kind)
     values, indices = topk_rows(x, K)
@@ -35,6 +38,7 @@ def test_same_values_and_indices_as_torch_topk(kind):
     for row in range(x.shape[0]):  # NaNs rank first, in no specified order among themselves
         assert indices[row][nan[row]].sort().values.tolist() == ref_indices[row][nan[row]].sort().values.tolist()
     assert kind != "nan" or nan.sum() > 1
+    assert kind != "tail" or (indices == x.shape[1] - 3).any(1).all() and indices[0, 0] == x.shape[1] - 1
 
 
 def test_short_rows_take_plain_topk():

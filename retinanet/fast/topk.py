@@ -22,7 +22,7 @@ def topk_rows(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     for row in x:  # rows keep different numbers of entries above their thresholds
         sample = row[::_STEP]
         threshold = sample.topk(-(-2 * k // _STEP)).values[-1]
-        idx = (row < threshold).logical_not_().nonzero().squeeze(1)  # NaN kept too: topk ranks it first
+        idx = _reaching(row, threshold)
         if idx.numel() < k:
             v, i = row.topk(k)
         else:
@@ -31,3 +31,15 @@ def topk_rows(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
         values.append(v)
         indices.append(i)
     return torch.stack(values), torch.stack(indices)
+
+
+def _reaching(row: Tensor, threshold: Tensor) -> Tensor:
+    """Indices (ascending) of the entries of ``row`` (L,) that are not below ``threshold``, NaN included
+    (topk ranks it first). Few entries reach it, so blocks of ``_STEP`` are screened by their maximum
+    first: one parallel pass, where ``nonzero`` over the whole row would be a serial one."""
+    n = row.shape[0] // _STEP * _STEP
+    blocks = row[:n].reshape(-1, _STEP)
+    hit = (blocks.amax(1) < threshold).logical_not_().nonzero().squeeze(1)  # amax keeps NaN
+    cells = (blocks[hit] < threshold).logical_not_().nonzero()  # (entries, 2): block, column
+    tail = (row[n:] < threshold).logical_not_().nonzero().squeeze(1) + n
+    return torch.cat([hit[cells[:, 0]] * _STEP + cells[:, 1], tail])
