@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if ap32 - ap8 > args.max_ap_drop:
         print(f"error: int8 AP {ap8:.2f} is {ap32 - ap8:.2f} below fp32 AP {ap32:.2f} (--max-ap-drop "
               f"{args.max_ap_drop}); {int8} and {fp32} are kept but should not be deployed. Keep the most "
-              f"sensitive layers in fp32 and export again: usually the first blocks after the stem "
+              f"sensitive layers in fp32 and export again, often the first block after the stem "
               f"(--keep-fp32 /backbone/features.1/ for MobileNetV2, /backbone/layer1/ for a ResNet); "
               f"the file's retinanet_int8 metadata lists every node by name", file=sys.stderr)
         return 1
