@@ -23,8 +23,9 @@ def _text_color(bg: tuple[int, int, int]) -> tuple[int, int, int]:
 def draw_detections(image: np.ndarray, boxes, names: Sequence[str], scores=None, labels=None,
                     score_thresh: float = 0.0, line_width: Optional[int] = None) -> np.ndarray:
     """Returns a copy of ``image`` (H, W, 3) uint8 RGB with each box (D, 4) xyxy outlined and
-    captioned ``name score``; boxes, scores and labels are arrays or CPU tensors. Colours follow ``labels`` (D,) (default: the name), so a class keeps
-    its colour across images. Captions sit above the box, or inside it at the top edge."""
+    captioned ``name score``; boxes, scores and labels are arrays or CPU tensors. Colours follow
+    ``labels`` (D,) (default: the name), so a class keeps its colour across images. Captions sit above
+    the box, or inside it at the top edge."""
     # Not torchvision.utils.draw_bounding_boxes: it scales the caption font only when given a TrueType
     # file (otherwise PIL's fixed small bitmap font, unreadable on a large photo), and it writes the
     # caption inside the box, over the object. Here PIL's built-in font scales with the image and the

@@ -5,7 +5,8 @@ is one more read and write of a whole activation map, memory traffic that no mul
 oneDNN applies them inside the convolution, on the output tile while it is in cache
 (``torch.ops.mkldnn._convolution_pointwise``, the kernel torch.compile's CPU backend emits for the
 same pattern). ``fuse_pointwise`` rewrites a BatchNorm-folded, channels_last copy in place: ResNet
-bottleneck and basic blocks, the stem and the head towers. Outputs are the same to float rounding. Without oneDNN (``torch.backends.mkldnn``), the model is left as it is.
+bottleneck and basic blocks, the stem and the head towers. Outputs are the same to float rounding.
+Without oneDNN (``torch.backends.mkldnn``), the model is left as it is.
 """
 from __future__ import annotations
 
