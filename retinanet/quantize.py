@@ -116,7 +116,7 @@ def quantize_onnx(fp32_path: Union[str, Path], int8_path: Union[str, Path], dete
             "uint8 activations", "quantized_nodes": quantized,
             "fp32_nodes": [n.name for n in compute if n.name not in quantized]}
     del model.metadata_props[:]
-    for prop in onnx.load(str(fp32_path)).metadata_props:
+    for prop in graph.metadata_props:
         model.metadata_props.add(key=prop.key, value=prop.value)
     model.metadata_props.add(key="retinanet_int8", value=json.dumps(info))
     onnx.save(model, str(int8_path))

@@ -128,7 +128,7 @@ def test_calibration_sources(setup, tmp_path):
     assert calibration_images(setup["config"], 100) == sorted(setup["images"].iterdir(), key=lambda p: int(p.stem[4:]))
 
 
-@pytest.mark.parametrize("case", ["empty", "missing", "no_data", "no_calibration", "no_val", "escape"])
+@pytest.mark.parametrize("case", ["empty", "missing", "no_data", "no_calibration", "no_val", "escape", "winograd"])
 def test_bad_calibration_input_one_line(setup, tmp_path, case):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -145,7 +145,7 @@ def test_bad_calibration_input_one_line(setup, tmp_path, case):
     # no_val: a folder calibrates, and the model's own val set is unset: nothing to score the AP on
     source = {"empty": [str(empty)], "missing": [str(tmp_path / "nowhere")], "no_data": [str(no_data)],
               "no_calibration": [], "no_val": [str(setup["images"]), "data.val.annotations="],
-              "escape": [str(escape)]}[case]
+              "escape": [str(escape)], "winograd": [str(setup["images"]), "--winograd"]}[case]
     out = tmp_path / "bad.int8.onnx"
     rc, err = _run(["export", "--weights", str(setup["ckpt"]), "--output", str(out), "--int8"]
                    + (["--calibration"] + source if source else []))
@@ -153,5 +153,6 @@ def test_bad_calibration_input_one_line(setup, tmp_path, case):
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     assert {"empty": "no image files", "missing": "nowhere", "no_data": "data.train",
-            "no_calibration": "--calibration", "no_val": "--no-verify", "escape": "outside the image root"}[case] in lines[0]
+            "no_calibration": "--calibration", "no_val": "--no-verify", "escape": "outside the image root",
+            "winograd": "drop --winograd"}[case] in lines[0]
     assert not out.exists() and not (tmp_path / "bad.fp32.onnx").exists()

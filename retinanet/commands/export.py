@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--weights is required (a checkpoint written by `retinanet train`, or a torchvision state dict)")
     if args.int8 and (fmt != "onnx" or not args.calibration):
         raise ValueError("--int8 needs --format onnx and --calibration DIR_OR_CONFIG")
+    if args.int8 and args.winograd:
+        raise ValueError("--int8 quantizes the plain-conv graph; drop --winograd (int8 Winograd transforms lose precision)")
     files = []
     if args.int8:  # a bad --calibration fails before anything is loaded or written
         from ..quantize import calibration_images
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         val = val_set(args.calibration, detector.cfg)
     out = Path(args.output)
     fp32 = out.with_name(out.name.removesuffix(".onnx").removesuffix(".int8") + ".fp32.onnx") if args.int8 else out
-    path = export_model(detector, fp32, fmt, args.opset, winograd=args.winograd and not (args.no_winograd or args.int8))
+    path = export_model(detector, fp32, fmt, args.opset, winograd=args.winograd and not args.no_winograd)
     print(f"wrote {path} ({fmt}; outputs: per-level class logits and box deltas, post-processing in Python)",
           file=sys.stderr)
     if not args.no_verify:
